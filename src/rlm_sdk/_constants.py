@@ -1,0 +1,47 @@
+"""Every default in one place, so docs, settings and code agree on the same numbers."""
+
+from __future__ import annotations
+
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
+DEFAULT_OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"
+ANTHROPIC_VERSION = "2023-06-01"
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds for one HTTP request to a provider (connect, read and write)."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_MAX_IN_FLIGHT = 64
+"""Requests in flight at once through one provider instance."""
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER = 60.0
+"""A server's Retry-After is honoured only within (0, MAX_RETRY_AFTER] seconds."""
+BODY_EXCERPT_CHARS = 200
+
+DEFAULT_MAX_ITERATIONS = 20
+DEFAULT_MAX_DEPTH = 1
+DEFAULT_CELL_TIMEOUT = 120.0
+DEFAULT_MAX_CONCURRENT_SUBCALLS = 16
+DEFAULT_OUTPUT_LIMIT = 20_000
+"""Characters of one cell's output kept for the model's history (head and tail)."""
+
+ENTRY_POINT_GROUP = "rlm_sdk.providers"
+
+DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
+"""``max_tokens`` sent to Anthropic when the request names none (the Messages API requires it)."""
+
+DEFAULT_WORKER_START_TIMEOUT = 10.0
+"""Seconds a REPL worker has to start and load its context."""
+WORKER_INTERRUPT_GRACE = 1.0
+"""Seconds a cell gets to stop after the SIGINT sent at its deadline, before the worker is killed."""
+WORKER_EXIT_GRACE = 1.0
+"""Seconds to wait for a killed worker's pipes to close and for it to be reaped."""
+MIN_WORKER_MEMORY = 2 * 1024**3
+"""Floor of a worker's default address-space limit (RLIMIT_AS), in bytes."""
+DEFAULT_WORKER_FILE_SIZE_LIMIT = 1024**3
+"""Largest file a worker may write (RLIMIT_FSIZE), in bytes."""
+MAX_OUTPUT_LIMIT = 16 * 1024**2
+"""Largest ``output_limit`` a REPL session accepts (characters per stream)."""
+WORKER_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+"""The only variables a REPL worker inherits from the parent's environment."""

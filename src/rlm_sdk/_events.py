@@ -1,0 +1,190 @@
+"""Typed events of a run.
+
+Every part of a run reports to one sink per top-level run; the trajectory, the console view,
+the JSONL recorder, ``astream`` and the web page all read the same events. Each event carries
+the run id, its parent's run id, the depth, a wall-clock timestamp and a sequence number that
+is strictly increasing over the whole recursion tree.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from ._types import RLMResult, StopReason
+
+__all__ = [
+    "CellFinished",
+    "CellStarted",
+    "ChildRunStarted",
+    "Event",
+    "EventBase",
+    "FinalAnswer",
+    "LimitReached",
+    "ModelRequest",
+    "ModelResponse",
+    "RetryScheduled",
+    "RunFinished",
+    "RunStarted",
+    "SubCallFinished",
+    "SubCallStarted",
+    "TurnFinished",
+    "TurnStarted",
+    "WorkerRestarted",
+    "event_adapter",
+]
+
+
+class EventBase(BaseModel):
+    """Fields every event has."""
+
+    run_id: str
+    parent_run_id: str | None = None
+    depth: int = 0
+    ts: float = 0.0
+    seq: int = 0
+    item: int | None = None
+    """The item's index in a batch run, ``None`` outside batches."""
+
+
+class RunStarted(EventBase):
+    type: Literal["run_started"] = "run_started"
+    model: str
+    sub_model: str
+    query: str | None
+    context_description: str
+    max_iterations: int
+    max_depth: int
+
+
+class TurnStarted(EventBase):
+    type: Literal["turn_started"] = "turn_started"
+    iteration: int
+
+
+class TurnFinished(EventBase):
+    type: Literal["turn_finished"] = "turn_finished"
+    iteration: int
+    feedback: str | None = None
+    """What the model is told next (cell output or a reminder); ``None`` when the turn answered."""
+    final_answer: str | None = None
+
+
+class ModelRequest(EventBase):
+    type: Literal["model_request"] = "model_request"
+    model: str
+    messages: int
+    purpose: Literal["turn", "final", "sub_call"] = "turn"
+
+
+class ModelResponse(EventBase):
+    type: Literal["model_response"] = "model_response"
+    model: str
+    text: str
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None = None
+    purpose: Literal["turn", "final", "sub_call"] = "turn"
+
+
+class CellStarted(EventBase):
+    type: Literal["cell_started"] = "cell_started"
+    iteration: int
+    cell: int
+    code: str
+
+
+class CellFinished(EventBase):
+    type: Literal["cell_finished"] = "cell_finished"
+    iteration: int
+    cell: int
+    stdout: str
+    stderr: str
+    error_type: str | None = None
+    error: str | None = None
+    duration_s: float
+    restarted: bool = False
+    timed_out: bool = False
+    final_answer: str | None = None
+
+
+class SubCallStarted(EventBase):
+    type: Literal["sub_call_started"] = "sub_call_started"
+    call_id: str
+    kind: Literal["llm", "rlm"]
+    model: str
+    prompt: str
+
+
+class SubCallFinished(EventBase):
+    type: Literal["sub_call_finished"] = "sub_call_finished"
+    call_id: str
+    kind: Literal["llm", "rlm"]
+    model: str
+    response: str
+    error: str | None = None
+    duration_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+
+
+class ChildRunStarted(EventBase):
+    type: Literal["child_run_started"] = "child_run_started"
+    call_id: str
+    child_run_id: str
+
+
+class FinalAnswer(EventBase):
+    type: Literal["final_answer"] = "final_answer"
+    answer: str
+    source: StopReason
+
+
+class LimitReached(EventBase):
+    type: Literal["limit_reached"] = "limit_reached"
+    limit: str
+    detail: str
+
+
+class RetryScheduled(EventBase):
+    type: Literal["retry_scheduled"] = "retry_scheduled"
+    provider: str
+    attempt: int
+    delay_s: float
+    reason: str
+
+
+class WorkerRestarted(EventBase):
+    type: Literal["worker_restarted"] = "worker_restarted"
+    reason: str
+
+
+class RunFinished(EventBase):
+    type: Literal["run_finished"] = "run_finished"
+    result: RLMResult
+
+
+Event = Annotated[
+    RunStarted
+    | TurnStarted
+    | TurnFinished
+    | ModelRequest
+    | ModelResponse
+    | CellStarted
+    | CellFinished
+    | SubCallStarted
+    | SubCallFinished
+    | ChildRunStarted
+    | FinalAnswer
+    | LimitReached
+    | RetryScheduled
+    | WorkerRestarted
+    | RunFinished,
+    Field(discriminator="type"),
+]
+
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+"""Validates one event from a dict or JSON (``event_adapter.validate_json(line)``)."""

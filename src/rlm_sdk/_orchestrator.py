@@ -1,0 +1,767 @@
+"""``RecursiveLM``: the RLM loop, recursion to any depth, and the run's limits.
+
+One run is a loop over turns: ask the root model, run the reply's ``repl`` blocks in the
+run's own REPL worker, read the final answer. The orchestrator is also the handler for the
+worker's sub-calls: ``llm_query`` goes to the sub model; ``rlm_query`` starts a child run one
+level deeper (its own REPL worker) until ``max_depth``, where it becomes a plain call.
+
+Everything a run tree shares (usage, budgets, the event sink, the sequence counter) lives in
+one ``_Tree`` made per top-level run; nothing is shared between top-level runs but what the
+user handed in (providers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from . import _protocol as proto
+from ._batch import BatchProgress, BatchResult, iter_batch
+from ._constants import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_SUBCALLS,
+    DEFAULT_OUTPUT_LIMIT,
+)
+from ._events import (
+    CellFinished,
+    CellStarted,
+    ChildRunStarted,
+    Event,
+    EventBase,
+    FinalAnswer,
+    LimitReached,
+    ModelRequest,
+    ModelResponse,
+    RetryScheduled,
+    RunFinished,
+    RunStarted,
+    SubCallFinished,
+    SubCallStarted,
+    TurnFinished,
+    TurnStarted,
+    WorkerRestarted,
+)
+from ._exceptions import ConfigurationError, LimitExceededError, RLMError
+from ._logging import get_logger
+from ._observe import retry_listener
+from ._settings import load_settings
+from ._sync import run_sync
+from ._types import (
+    CellRecord,
+    Limits,
+    RLMResult,
+    StopReason,
+    SubCallRecord,
+    Trajectory,
+    TurnRecord,
+    Usage,
+)
+from .providers import ChatMessage, CompletionRequest, CompletionResponse, Provider, resolve_model
+from .repl import ContextData, REPLSession, SubCallRequest
+
+__all__ = ["EventHandler", "RecursiveLM"]
+
+EventHandler = Callable[[Event], None]
+"""A callback given every event of a run, synchronously, in order. Keep it fast."""
+
+OnLimit = Literal["raise", "return"]
+
+
+@dataclass
+class _Tree:
+    """What a top-level run shares with every run below it."""
+
+    limits: Limits
+    sinks: list[Callable[[Any], None]]
+    item: int | None = None
+    usage: Usage = field(default_factory=Usage)
+    model_calls: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    exhausted: LimitExceededError | None = None
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def check(self) -> None:
+        """Raise if a budget is spent; called before every model call in the tree."""
+        if self.exhausted is not None:
+            raise self.exhausted
+        lim = self.limits
+        if lim.max_model_calls is not None and self.model_calls >= lim.max_model_calls:
+            self._exhaust("model_calls", f"{self.model_calls} model calls made")
+        if lim.max_tokens is not None and self.tokens >= lim.max_tokens:
+            self._exhaust("tokens", f"{self.tokens:,} tokens used")
+        if lim.max_cost is not None and self.cost >= lim.max_cost:
+            self._exhaust("cost", f"${self.cost:.4f} spent")
+
+    def _exhaust(self, limit: str, detail: str) -> None:
+        self.exhausted = LimitExceededError(
+            f"budget exhausted: {detail} (limit on {limit})", limit=limit
+        )
+        raise self.exhausted
+
+    def record(self, model: str, response: CompletionResponse) -> None:
+        u = response.usage
+        self.model_calls += 1
+        self.tokens += u.prompt_tokens + u.completion_tokens
+        if u.cost is not None:
+            self.cost += u.cost
+        self.usage.add(model, u.prompt_tokens, u.completion_tokens, u.cost)
+
+
+@dataclass
+class _Run:
+    """One run (the root or a child) inside a tree."""
+
+    tree: _Tree
+    run_id: str
+    parent_run_id: str | None
+    depth: int
+    model: str
+    sub_model: str
+    trajectory: Trajectory
+    limiter: anyio.CapacityLimiter
+    cell: CellRecord | None = None
+
+    def emit(self, cls: type[EventBase], **fields: Any) -> None:
+        if not self.tree.sinks:
+            return
+        event = cls(
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            depth=self.depth,
+            ts=time.time(),
+            seq=next(self.tree.seq),
+            item=self.tree.item,
+            **fields,
+        )
+        for sink in self.tree.sinks:
+            sink(event)
+
+
+class RecursiveLM:
+    """An async Recursive Language Model.
+
+    The context never enters a prompt: it is loaded into a sandboxed Python REPL worker as
+    ``context``; the root model reads it with code and calls sub-models from that code.
+
+    Args:
+        model: the root model, as ``"provider:model"`` (``"openai:gpt-5-mini"``,
+            ``"anthropic:claude-sonnet-4-5"``, ``"ollama:qwen3"``) or a bare name used with
+            ``provider``. Defaults to ``RLM_MODEL`` from the environment or ``.env``.
+        sub_model: the model behind ``llm_query`` and child runs; defaults to ``RLM_SUB_MODEL``,
+            then to ``model``.
+        provider: serve every model name through this provider instead of resolving the
+            prefix (it is shared, not closed by this object).
+        max_depth: how deep ``rlm_query`` recurses: runs exist at depths ``0 .. max_depth-1``,
+            and a sub-call from the deepest run is a plain completion. ``1`` (the default)
+            makes every sub-call a plain completion.
+        max_iterations: turns per run before one last call asks for the best answer.
+        limits: every budget at once (overrides ``max_depth`` and ``max_iterations``).
+        on_limit: when a budget other than iterations runs out, ``"raise"``
+            :class:`LimitExceededError` (carrying the partial result) or ``"return"`` the
+            result with ``stop_reason="limit"``.
+        max_concurrent_subcalls: sub-calls in flight at once per run (the batched forms).
+        cell_timeout: seconds one ``repl`` block may run, sub-calls included.
+        output_limit: characters of cell output shown to the model per turn.
+        temperature: sampling temperature passed to every model call.
+        max_tokens: completion-token cap passed to every model call.
+        tools: functions that live in this process and can be called from the REPL.
+        on_event: called with every event of every run (see :mod:`rlm_sdk.events`).
+        verbose: render each run live in the terminal (needs ``rich``).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        sub_model: str | None = None,
+        provider: Provider | None = None,
+        max_depth: int | None = None,
+        max_iterations: int | None = None,
+        limits: Limits | None = None,
+        on_limit: OnLimit = "raise",
+        max_concurrent_subcalls: int = DEFAULT_MAX_CONCURRENT_SUBCALLS,
+        cell_timeout: float = DEFAULT_CELL_TIMEOUT,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        on_event: EventHandler | None = None,
+        verbose: bool = False,
+    ) -> None:
+        settings = load_settings()
+        model = model or settings.model
+        if not model:
+            raise ConfigurationError(
+                "no model given: pass RecursiveLM(model='openai:gpt-5-mini') or set RLM_MODEL"
+            )
+        self.model = model
+        self.sub_model = sub_model or settings.sub_model or model
+        base = limits or Limits()
+        updates: dict[str, int] = {}
+        if max_depth is not None:
+            updates["max_depth"] = max_depth
+        if max_iterations is not None:
+            updates["max_iterations"] = max_iterations
+        self.limits = Limits.model_validate({**base.model_dump(), **updates})
+        if on_limit not in ("raise", "return"):
+            raise ConfigurationError(f"on_limit must be 'raise' or 'return', not {on_limit!r}")
+        if max_concurrent_subcalls < 1:
+            raise ConfigurationError("max_concurrent_subcalls must be at least 1")
+        self.on_limit: OnLimit = on_limit
+        self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.cell_timeout = cell_timeout
+        self.output_limit = output_limit
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.tools = dict(tools or {})
+        self.on_event = on_event
+        self.verbose = verbose
+        self._provider = provider
+        self._owned: dict[str, Provider] = {}
+        self._chat: Any = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the providers this object created (not one passed in)."""
+        owned, self._owned = self._owned, {}
+        for provider in owned.values():
+            await provider.aclose()
+
+    def _with_model(self, model: str) -> RecursiveLM:
+        """A twin with another root model, sharing this one's providers."""
+        twin = copy.copy(self)
+        twin.model = model
+        twin._chat = None
+        return twin
+
+    def _resolve(self, model: str) -> tuple[Provider, str]:
+        if self._provider is not None:
+            return self._provider, model
+        prefix = model.split(":", 1)[0] if ":" in model else ""
+        cached = self._owned.get(prefix)
+        if cached is not None:
+            return cached, model.split(":", 1)[1] if prefix else model
+        provider, name = resolve_model(model)
+        self._owned[prefix] = provider
+        return provider, name
+
+    # --- public API -----------------------------------------------------------------
+
+    async def acomplete(
+        self,
+        context: ContextData,
+        query: str | None = None,
+        *,
+        on_event: EventHandler | None = None,
+    ) -> RLMResult:
+        """Answer ``query`` over ``context`` and return the result.
+
+        ``context`` is a ``str``, ``bytes``, a ``list`` of strings or JSON values, or a JSON
+        ``dict``. Without ``query``, the context itself states the task.
+
+        Raises:
+            LimitExceededError: a budget ran out (with ``on_limit="raise"``); ``.result``
+                holds the partial answer, usage and trajectory.
+            ProviderError: the root model could not be reached after retries.
+        """
+        return await self._top_level(context, query, on_event=on_event, item=None)
+
+    def complete(
+        self,
+        context: ContextData,
+        query: str | None = None,
+        *,
+        on_event: EventHandler | None = None,
+    ) -> RLMResult:
+        """Sync twin of :meth:`acomplete` (refuses to run inside an event loop)."""
+
+        async def main() -> RLMResult:
+            try:
+                return await self.acomplete(context, query, on_event=on_event)
+            finally:
+                await self.aclose()  # owned HTTP clients belong to this call's event loop
+
+        return run_sync(main, name="complete")
+
+    async def astream(self, context: ContextData, query: str | None = None) -> AsyncIterator[Event]:
+        """Yield every event of a run as it happens; the last one is ``RunFinished``.
+
+        A run that fails raises its error from the iterator after the events so far.
+        """
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        failure: list[BaseException] = []
+
+        async def produce(stream: MemoryObjectSendStream[Event]) -> None:
+            async with stream:
+                try:
+                    await self._top_level(context, query, on_event=stream.send_nowait, item=None)
+                except RLMError as err:
+                    failure.append(err)
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(produce, send)
+            async for event in receive:
+                yield event
+        if failure:
+            raise failure[0]
+
+    async def abatch(
+        self,
+        items: Iterable[Any],
+        *,
+        concurrency: int = 8,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> list[BatchResult]:
+        """Run many items concurrently; results in input order, failures caught per item.
+
+        ``items`` are :class:`BatchItem`, ``(context, query)`` tuples, or dicts with
+        ``context`` and ``query``. Events carry the item's index in ``item``.
+        """
+        results: list[BatchResult] = []
+        async for outcome in self.abatch_iter(
+            items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
+        ):
+            results.append(outcome)
+        return sorted(results, key=lambda r: r.index)
+
+    def batch(
+        self,
+        items: Iterable[Any],
+        *,
+        concurrency: int = 8,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> list[BatchResult]:
+        """Sync twin of :meth:`abatch`."""
+
+        async def main() -> list[BatchResult]:
+            try:
+                return await self.abatch(
+                    items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
+                )
+            finally:
+                await self.aclose()
+
+        return run_sync(main, name="batch")
+
+    def abatch_iter(
+        self,
+        items: Iterable[Any],
+        *,
+        concurrency: int = 8,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+        on_event: EventHandler | None = None,
+    ) -> AsyncIterator[BatchResult]:
+        """Like :meth:`abatch`, yielding each result as it finishes (``as_completed`` order).
+
+        Close it if you stop early: ``async with contextlib.aclosing(rlm.abatch_iter(...))``.
+        """
+        return iter_batch(
+            self, items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
+        )
+
+    @property
+    def chat(self) -> Any:
+        """The chat-completions drop-in: ``await rlm.chat.completions.create(messages=...)``."""
+        if self._chat is None:
+            from ._chat import Chat
+
+            self._chat = Chat(self)
+        return self._chat
+
+    # --- the loop -------------------------------------------------------------------
+
+    async def _top_level(
+        self,
+        context: ContextData,
+        query: str | None,
+        *,
+        on_event: EventHandler | None,
+        item: int | None,
+    ) -> RLMResult:
+        sinks: list[Callable[[Any], None]] = [s for s in (self.on_event, on_event) if s]
+        if self.verbose:
+            from ._console import ConsoleView
+
+            sinks.append(ConsoleView().handle)
+        tree = _Tree(limits=self.limits, sinks=sinks, item=item)
+        started = time.perf_counter()
+        run = self._new_run(tree, depth=0, parent=None, model=self.model, query=query)
+        wall = self.limits.max_wall_time
+        try:
+            with anyio.fail_after(wall) if wall else contextlib.nullcontext():
+                result = await self._run(run, context, query, started)
+        except TimeoutError:
+            err = LimitExceededError(
+                f"wall time of {wall} s exceeded", limit="wall_time", max_wall_time=wall
+            )
+            return self._limited(run, err, started)
+        except LimitExceededError as err:
+            return self._limited(run, err, started)
+        return result
+
+    def _limited(self, run: _Run, err: LimitExceededError, started: float) -> RLMResult:
+        run.emit(LimitReached, limit=err.limit, detail=str(err))
+        result = self._result(run, None, "limit", started, error=str(err))
+        run.emit(RunFinished, result=result)
+        err.result = result
+        if self.on_limit == "raise":
+            raise err
+        return result
+
+    def _new_run(
+        self, tree: _Tree, *, depth: int, parent: str | None, model: str, query: str | None
+    ) -> _Run:
+        run_id = uuid.uuid4().hex[:16]
+        return _Run(
+            tree=tree,
+            run_id=run_id,
+            parent_run_id=parent,
+            depth=depth,
+            model=model,
+            sub_model=self.sub_model,
+            trajectory=Trajectory(
+                run_id=run_id, parent_run_id=parent, depth=depth, model=model, query=query
+            ),
+            limiter=anyio.CapacityLimiter(self.max_concurrent_subcalls),
+        )
+
+    def _result(
+        self,
+        run: _Run,
+        answer: str | None,
+        reason: StopReason,
+        started: float,
+        *,
+        error: str | None = None,
+    ) -> RLMResult:
+        run.trajectory.answer = answer
+        run.trajectory.stop_reason = reason
+        return RLMResult(
+            answer=answer,
+            stop_reason=reason,
+            iterations=len(run.trajectory.turns),
+            wall_time_s=time.perf_counter() - started,
+            usage=run.tree.usage.model_copy(deep=True),
+            trajectory=run.trajectory,
+            error=error,
+        )
+
+    async def _run(
+        self, run: _Run, context: ContextData, query: str | None, started: float
+    ) -> RLMResult:
+        log = get_logger(run_id=run.run_id, depth=run.depth)
+        description = proto.describe_context(context)
+        run.trajectory.context_description = description
+        can_recurse = run.depth + 1 < self.limits.max_depth
+        messages = [
+            ChatMessage(
+                role="system",
+                content=proto.build_system_prompt(
+                    description, sub_model=run.sub_model, can_recurse=can_recurse
+                ),
+            ),
+            ChatMessage(role="user", content=proto.build_user_prompt(query)),
+        ]
+        run.emit(
+            RunStarted,
+            model=run.model,
+            sub_model=run.sub_model,
+            query=query,
+            context_description=description,
+            max_iterations=self.limits.max_iterations,
+            max_depth=self.limits.max_depth,
+        )
+        log.info("rlm.run_started", model=run.model)
+
+        async def handler(request: SubCallRequest) -> list[str]:
+            return await self._handle_subcalls(run, request)
+
+        # The worker starts (and loads the context) while the first model call is in flight.
+        async with REPLSession(
+            context, handler=handler, tools=self.tools, cell_timeout=self.cell_timeout
+        ) as repl:
+            answer: str | None = None
+            reason: StopReason = "max_iterations"
+            for iteration in range(1, self.limits.max_iterations + 1):
+                run.emit(TurnStarted, iteration=iteration)
+                response = await self._call_model(run, run.model, messages, "turn")
+                turn = _turn_record(iteration, run.model, response)
+                run.trajectory.turns.append(turn)
+                parsed = proto.parse_reply(response.text)
+                code_final = await self._run_cells(run, repl, turn, parsed.code_blocks)
+                feedback: str | None = None
+                if code_final is not None:
+                    answer, reason = code_final, "final_var"
+                elif parsed.final is not None and parsed.final.kind == "var":
+                    value = await repl.get_variable(parsed.final.value)
+                    if value is None:
+                        feedback = proto.unknown_variable_feedback(
+                            parsed.final.value, await repl.list_variables()
+                        )
+                    else:
+                        answer, reason = value, "final_var"
+                elif parsed.final is not None:
+                    answer, reason = parsed.final.value, "final_answer"
+                if answer is not None:
+                    turn.final_answer = answer
+                    run.emit(TurnFinished, iteration=iteration, final_answer=answer)
+                    break
+                if feedback is None:
+                    feedback = (
+                        proto.format_cell_feedback(
+                            [_cell_view(c) for c in turn.cells],
+                            parsed.problems,
+                            limit=self.output_limit,
+                        )
+                        if turn.cells
+                        else proto.no_code_reminder(parsed.problems)
+                    )
+                turn.feedback = feedback
+                run.emit(TurnFinished, iteration=iteration, feedback=feedback)
+                messages.append(ChatMessage(role="assistant", content=response.text))
+                messages.append(ChatMessage(role="user", content=feedback))
+            else:
+                answer = await self._final_call(run, repl, messages)
+                reason = "max_iterations"
+        run.emit(FinalAnswer, answer=answer or "", source=reason)
+        result = self._result(run, answer, reason, started)
+        run.emit(RunFinished, result=result)
+        log.info("rlm.run_finished", stop_reason=reason, iterations=result.iterations)
+        return result
+
+    async def _run_cells(
+        self, run: _Run, repl: REPLSession, turn: TurnRecord, blocks: Sequence[str]
+    ) -> str | None:
+        """Run a reply's blocks in order; return a final answer the code gave, if any."""
+        for index, code in enumerate(blocks):
+            record = CellRecord(code=code)
+            turn.cells.append(record)
+            run.cell = record
+            run.emit(CellStarted, iteration=turn.iteration, cell=index, code=code)
+            try:
+                result = await repl.run_cell(code)
+            finally:
+                run.cell = None
+            error = result.error
+            record.stdout, record.stderr = result.stdout, result.stderr
+            record.error_type = error.type if error else None
+            record.error = _error_text(error) if error else None
+            record.duration_s = result.duration_s
+            record.restarted, record.timed_out = result.restarted, result.timed_out
+            record.final_answer = result.final_answer
+            run.emit(
+                CellFinished,
+                iteration=turn.iteration,
+                cell=index,
+                stdout=record.stdout,
+                stderr=record.stderr,
+                error_type=record.error_type,
+                error=record.error,
+                duration_s=record.duration_s,
+                restarted=record.restarted,
+                timed_out=record.timed_out,
+                final_answer=record.final_answer,
+            )
+            if result.restarted:
+                run.emit(WorkerRestarted, reason=record.error or "the worker was restarted")
+            if result.final_answer is not None:
+                return result.final_answer
+        return None
+
+    async def _final_call(
+        self, run: _Run, repl: REPLSession, messages: list[ChatMessage]
+    ) -> str | None:
+        """The iteration limit was reached: one last call for the best answer."""
+        final_messages = [*messages, ChatMessage(role="user", content=proto.final_call_prompt())]
+        iteration = len(run.trajectory.turns) + 1
+        run.emit(TurnStarted, iteration=iteration)
+        response = await self._call_model(run, run.model, final_messages, "final")
+        parsed = proto.parse_reply(response.text)
+        run.trajectory.turns.append(_turn_record(iteration, run.model, response))
+        answer: str | None
+        if parsed.final is not None and parsed.final.kind == "var":
+            answer = await repl.get_variable(parsed.final.value)
+        elif parsed.final is not None:
+            answer = parsed.final.value
+        else:
+            answer = response.text.strip() or None
+        run.trajectory.turns[-1].final_answer = answer
+        run.emit(TurnFinished, iteration=iteration, final_answer=answer)
+        return answer
+
+    async def _call_model(
+        self,
+        run: _Run,
+        model: str,
+        messages: list[ChatMessage],
+        purpose: Literal["turn", "final", "sub_call"],
+    ) -> CompletionResponse:
+        run.tree.check()
+        provider, name = self._resolve(model)
+        run.emit(ModelRequest, model=model, messages=len(messages), purpose=purpose)
+
+        def on_retry(provider_name: str, attempt: int, delay_s: float, reason: str) -> None:
+            run.emit(
+                RetryScheduled, provider=provider_name, attempt=attempt, delay_s=delay_s, reason=reason
+            )
+
+        token = retry_listener.set(on_retry)
+        try:
+            response = await provider.acomplete(
+                CompletionRequest(
+                    model=name,
+                    messages=messages,
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                )
+            )
+        finally:
+            retry_listener.reset(token)
+        run.tree.record(model, response)
+        run.emit(
+            ModelResponse,
+            model=model,
+            text=response.text,
+            latency_s=response.latency_s,
+            prompt_tokens=response.usage.prompt_tokens,
+            completion_tokens=response.usage.completion_tokens,
+            cost=response.usage.cost,
+            purpose=purpose,
+        )
+        return response
+
+    # --- sub-calls ------------------------------------------------------------------
+
+    async def _handle_subcalls(self, run: _Run, request: SubCallRequest) -> list[str]:
+        """Serve one sub-call frame from the worker: every prompt, concurrently, in order."""
+        results = [""] * len(request.prompts)
+        cell = run.cell
+
+        async def one(i: int, prompt: str) -> None:
+            async with run.limiter:
+                results[i] = await self._sub_call(run, cell, request.kind, prompt, request.model)
+
+        if len(request.prompts) == 1:
+            await one(0, request.prompts[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for i, prompt in enumerate(request.prompts):
+                    tg.start_soon(one, i, prompt)
+        return results
+
+    async def _sub_call(
+        self,
+        run: _Run,
+        cell: CellRecord | None,
+        kind: Literal["llm", "rlm"],
+        prompt: str,
+        model: str | None,
+    ) -> str:
+        model = model or run.sub_model
+        call_id = uuid.uuid4().hex[:12]
+        record = SubCallRecord(
+            kind=kind, model=model, depth=run.depth + 1, prompt=prompt, response=""
+        )
+        if cell is not None:
+            cell.sub_calls.append(record)
+        run.emit(SubCallStarted, call_id=call_id, kind=kind, model=model, prompt=prompt)
+        started = time.perf_counter()
+        try:
+            if kind == "rlm" and run.depth + 1 < self.limits.max_depth:
+                child = self._new_run(
+                    run.tree, depth=run.depth + 1, parent=run.run_id, model=model, query=None
+                )
+                record.child = child.trajectory
+                run.emit(ChildRunStarted, call_id=call_id, child_run_id=child.run_id)
+                child_result = await self._run(child, prompt, None, time.perf_counter())
+                if child_result.answer is None:
+                    record.error = (
+                        f"the child run ended without an answer ({child_result.stop_reason})"
+                    )
+                    record.response = f"Error: {record.error}"
+                else:
+                    record.response = child_result.answer
+            else:
+                response = await self._call_model(
+                    run, model, [ChatMessage(role="user", content=prompt)], "sub_call"
+                )
+                record.response = response.text
+                record.prompt_tokens = response.usage.prompt_tokens
+                record.completion_tokens = response.usage.completion_tokens
+                record.cost = response.usage.cost
+        except LimitExceededError as err:
+            record.error = str(err)
+            record.response = f"Error: {err}"
+        except Exception as err:  # one failed sub-call never fails its siblings or the cell
+            record.error = f"{type(err).__name__}: {err}"
+            record.response = f"Error: {record.error}"
+            if not isinstance(err, RLMError):
+                get_logger(run_id=run.run_id, depth=run.depth).warning(
+                    "rlm.sub_call_failed", error=record.error, model=model
+                )
+        record.duration_s = time.perf_counter() - started
+        run.emit(
+            SubCallFinished,
+            call_id=call_id,
+            kind=kind,
+            model=model,
+            response=record.response,
+            error=record.error,
+            duration_s=record.duration_s,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            cost=record.cost,
+        )
+        return record.response
+
+
+def _turn_record(iteration: int, model: str, response: CompletionResponse) -> TurnRecord:
+    return TurnRecord(
+        iteration=iteration,
+        model=model,
+        reply=response.text,
+        latency_s=response.latency_s,
+        prompt_tokens=response.usage.prompt_tokens,
+        completion_tokens=response.usage.completion_tokens,
+        cost=response.usage.cost,
+    )
+
+
+def _error_text(error: Any) -> str:
+    text = f"{error.type}: {error.message}"
+    if error.traceback:
+        text = (
+            f"{error.traceback.rstrip()}\n{text}"
+            if error.type not in error.traceback
+            else error.traceback
+        )
+    return text
+
+
+def _cell_view(cell: CellRecord) -> dict[str, Any]:
+    return {
+        "stdout": cell.stdout,
+        "stderr": cell.stderr,
+        "error": cell.error,
+        "restarted": cell.restarted,
+    }

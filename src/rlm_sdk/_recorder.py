@@ -1,0 +1,231 @@
+"""Trajectories on disk: one event per JSONL line, and the loader that rebuilds the tree.
+
+The first line is a header with the schema name and version; every other line is one event
+as :mod:`rlm_sdk._events` defines it. The loader rebuilds each top-level run's
+:class:`Trajectory` from the events alone, so a run that was interrupted (no
+``run_finished``) still loads. Known secrets (the provider keys in the environment, and any
+the caller names) are replaced by ``[REDACTED]`` before a line is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from ._events import (
+    CellFinished,
+    CellStarted,
+    ChildRunStarted,
+    Event,
+    ModelResponse,
+    RunFinished,
+    RunStarted,
+    SubCallFinished,
+    SubCallStarted,
+    TurnFinished,
+    TurnStarted,
+    event_adapter,
+)
+from ._exceptions import ConfigurationError
+from ._types import CellRecord, RLMResult, SubCallRecord, Trajectory, TurnRecord
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "JSONLRecorder",
+    "SavedRun",
+    "load_events",
+    "load_runs",
+    "rebuild_trajectories",
+]
+
+SCHEMA = "rlm_sdk.trajectory"
+SCHEMA_VERSION = 1
+_REDACTED = "[REDACTED]"
+_SECRET_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+
+
+def _known_secrets(extra: Iterable[str]) -> list[str]:
+    from ._settings import load_settings
+
+    s = load_settings()
+    found = [os.environ.get(v, "") for v in _SECRET_VARS]
+    found += [
+        k.get_secret_value() for k in (s.openai_api_key, s.anthropic_api_key) if k is not None
+    ]
+    found += list(extra)
+    # Short strings would redact ordinary words; real keys are long.
+    return sorted({x for x in found if len(x) >= 8}, key=len, reverse=True)
+
+
+class JSONLRecorder:
+    """An event sink that appends each event to a JSONL file.
+
+    Use it as ``on_event=recorder`` (it is callable), and close it (or use ``with``) when
+    done. Lines are flushed when a top-level run finishes, so a crash loses at most the
+    unfinished run's tail.
+
+    Args:
+        path: the file; created, or appended to (a header is written only to a new file).
+        redact: more secret strings to scrub, besides the provider keys in the environment.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, redact: Iterable[str] = ()) -> None:
+        self.path = Path(path)
+        self._secrets = _known_secrets(redact)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+        if new:
+            header = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time()}
+            self._file.write(json.dumps(header) + "\n")
+
+    def __call__(self, event: Event) -> None:
+        if self._file is None:
+            raise ConfigurationError(f"the recorder for {self.path} is closed")
+        line = event.model_dump_json()
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, _REDACTED)
+        self._file.write(line + "\n")
+        if isinstance(event, RunFinished) and event.depth == 0:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> JSONLRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_events(path: str | os.PathLike[str]) -> Iterator[Event]:
+    """The events of a JSONL file, validated; a wrong schema or version is a clear error."""
+    with Path(path).open(encoding="utf-8") as f:
+        first = f.readline()
+        try:
+            header = json.loads(first)
+        except json.JSONDecodeError as err:
+            raise ConfigurationError(f"{path} is not an rlm_sdk trajectory file") from err
+        if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+            raise ConfigurationError(f"{path} is not an rlm_sdk trajectory file")
+        if header.get("version") != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{path} has schema version {header.get('version')}; this SDK reads {SCHEMA_VERSION}"
+            )
+        for n, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            try:
+                yield event_adapter.validate_json(line)
+            except ValueError as err:
+                raise ConfigurationError(
+                    f"{path}:{n}: not a valid event ({err.__class__.__name__})"
+                ) from err
+
+
+class SavedRun:
+    """A top-level run loaded from a file: its trajectory, and its result if it finished."""
+
+    def __init__(self, trajectory: Trajectory, result: RLMResult | None, item: int | None) -> None:
+        self.trajectory = trajectory
+        self.result = result
+        self.item = item
+
+    def __repr__(self) -> str:
+        return f"SavedRun(run_id={self.trajectory.run_id!r}, finished={self.result is not None})"
+
+
+def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
+    """Rebuild each top-level run's trajectory tree from its events, in file order."""
+    runs: dict[str, Trajectory] = {}
+    open_cell: dict[str, CellRecord] = {}
+    calls: dict[str, SubCallRecord] = {}
+    children: dict[str, SubCallRecord] = {}
+    roots: list[tuple[Trajectory, int | None]] = []
+    results: dict[str, RLMResult] = {}
+    for ev in events:
+        rid = ev.run_id
+        if isinstance(ev, RunStarted):
+            t = Trajectory(
+                run_id=rid,
+                parent_run_id=ev.parent_run_id,
+                depth=ev.depth,
+                model=ev.model,
+                query=ev.query,
+                context_description=ev.context_description,
+            )
+            runs[rid] = t
+            if rid in children:
+                children[rid].child = t
+            if ev.parent_run_id is None:
+                roots.append((t, ev.item))
+            continue
+        t_or_none = runs.get(rid)
+        if t_or_none is None:
+            continue  # an event of a run whose start is not in the file
+        t = t_or_none
+        if isinstance(ev, TurnStarted):
+            t.turns.append(TurnRecord(iteration=ev.iteration, model=t.model, reply=""))
+        elif isinstance(ev, ModelResponse) and ev.purpose != "sub_call" and t.turns:
+            turn = t.turns[-1]
+            turn.model, turn.reply, turn.latency_s = ev.model, ev.text, ev.latency_s
+            turn.prompt_tokens, turn.completion_tokens, turn.cost = (
+                ev.prompt_tokens,
+                ev.completion_tokens,
+                ev.cost,
+            )
+        elif isinstance(ev, TurnFinished) and t.turns:
+            t.turns[-1].feedback, t.turns[-1].final_answer = ev.feedback, ev.final_answer
+        elif isinstance(ev, CellStarted) and t.turns:
+            cell = CellRecord(code=ev.code)
+            t.turns[-1].cells.append(cell)
+            open_cell[rid] = cell
+        elif isinstance(ev, CellFinished) and rid in open_cell:
+            cell = open_cell.pop(rid)
+            cell.stdout, cell.stderr, cell.error_type, cell.error = (
+                ev.stdout,
+                ev.stderr,
+                ev.error_type,
+                ev.error,
+            )
+            cell.duration_s, cell.restarted, cell.timed_out = (
+                ev.duration_s,
+                ev.restarted,
+                ev.timed_out,
+            )
+            cell.final_answer = ev.final_answer
+        elif isinstance(ev, SubCallStarted):
+            record = SubCallRecord(
+                kind=ev.kind, model=ev.model, depth=ev.depth + 1, prompt=ev.prompt, response=""
+            )
+            calls[ev.call_id] = record
+            if rid in open_cell:
+                open_cell[rid].sub_calls.append(record)
+        elif isinstance(ev, SubCallFinished) and ev.call_id in calls:
+            record = calls[ev.call_id]
+            record.response, record.error, record.duration_s = ev.response, ev.error, ev.duration_s
+            record.prompt_tokens, record.completion_tokens, record.cost = (
+                ev.prompt_tokens,
+                ev.completion_tokens,
+                ev.cost,
+            )
+        elif isinstance(ev, ChildRunStarted) and ev.call_id in calls:
+            children[ev.child_run_id] = calls[ev.call_id]
+        elif isinstance(ev, RunFinished):
+            t.answer, t.stop_reason = ev.result.answer, ev.result.stop_reason
+            if ev.parent_run_id is None:
+                results[rid] = ev.result
+    return [SavedRun(t, results.get(t.run_id), item) for t, item in roots]
+
+
+def load_runs(path: str | os.PathLike[str]) -> list[SavedRun]:
+    """Every top-level run saved in a JSONL file, rebuilt from its events."""
+    return rebuild_trajectories(load_events(path))

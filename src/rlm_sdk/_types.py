@@ -1,0 +1,183 @@
+"""Results of a run: usage per model, the trajectory tree, and the run's limits.
+
+Everything here is a pydantic model so a result can be dumped to JSON, stored and loaded
+back (``RLMResult.model_validate_json``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ._constants import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
+
+__all__ = [
+    "CellRecord",
+    "Limits",
+    "ModelUsage",
+    "RLMResult",
+    "StopReason",
+    "SubCallRecord",
+    "Trajectory",
+    "TurnRecord",
+    "Usage",
+]
+
+StopReason = Literal[
+    "final_answer",  # FINAL(...) in a reply
+    "final_var",  # FINAL_VAR(name) in a reply or in code, or answer["ready"] = True
+    "max_iterations",  # the iteration limit was reached; the answer comes from one last call
+    "limit",  # another budget ran out (calls, tokens, cost, wall time)
+    "error",  # the run failed
+    "cancelled",
+]
+
+
+class Limits(BaseModel):
+    """Budgets of one top-level run, counted over its whole recursion tree.
+
+    ``max_iterations`` bounds the turns of each run (root and children alike); the others are
+    shared by the tree: a child gets what its parent has left. ``None`` means unbounded.
+    """
+
+    max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1)
+    max_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=0)
+    max_model_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, gt=0)
+    max_wall_time: float | None = Field(default=None, gt=0)
+
+
+class ModelUsage(BaseModel):
+    """What one model was used for: calls, tokens and cost (USD, ``None`` when unknown)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Usage(BaseModel):
+    """Usage per model, summed over a whole recursion tree."""
+
+    models: dict[str, ModelUsage] = Field(default_factory=dict)
+
+    @property
+    def calls(self) -> int:
+        return sum(m.calls for m in self.models.values())
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(m.prompt_tokens for m in self.models.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(m.completion_tokens for m in self.models.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """Total cost in USD; ``None`` when no model reported one."""
+        known = [m.cost for m in self.models.values() if m.cost is not None]
+        return math.fsum(known) if known else None
+
+    def add(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cost: float | None
+    ) -> None:
+        entry = self.models.get(model)
+        if entry is None:
+            entry = self.models[model] = ModelUsage()
+        entry.calls += 1
+        entry.prompt_tokens += prompt_tokens
+        entry.completion_tokens += completion_tokens
+        if cost is not None:
+            entry.cost = (entry.cost or 0.0) + cost
+
+
+class SubCallRecord(BaseModel):
+    """One ``llm_query`` / ``rlm_query`` made by a cell; ``child`` holds an RLM child's run."""
+
+    kind: Literal["llm", "rlm"]
+    model: str
+    depth: int
+    prompt: str
+    response: str
+    error: str | None = None
+    duration_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    child: Trajectory | None = None
+
+
+class CellRecord(BaseModel):
+    """One code block run in the REPL, with the sub-calls it made."""
+
+    code: str
+    stdout: str = ""
+    stderr: str = ""
+    error_type: str | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    restarted: bool = False
+    timed_out: bool = False
+    final_answer: str | None = None
+    sub_calls: list[SubCallRecord] = Field(default_factory=list)
+
+
+class TurnRecord(BaseModel):
+    """One turn: the model's reply, the cells it ran and what the model was told next."""
+
+    iteration: int
+    model: str
+    reply: str
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    cells: list[CellRecord] = Field(default_factory=list)
+    feedback: str | None = None
+    final_answer: str | None = None
+
+
+class Trajectory(BaseModel):
+    """Everything one run did; children's runs are nested in their sub-call records."""
+
+    run_id: str
+    parent_run_id: str | None = None
+    depth: int = 0
+    model: str
+    query: str | None = None
+    context_description: str = ""
+    turns: list[TurnRecord] = Field(default_factory=list)
+    answer: str | None = None
+    stop_reason: StopReason | None = None
+
+
+class RLMResult(BaseModel):
+    """The outcome of a run: the answer, why it ended, what it cost and what it did."""
+
+    answer: str | None
+    stop_reason: StopReason
+    iterations: int
+    wall_time_s: float
+    usage: Usage
+    trajectory: Trajectory
+    isolation: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.trajectory.run_id
+
+
+SubCallRecord.model_rebuild()

@@ -1,0 +1,345 @@
+"""The ``rlm-sdk`` command line: ``run``, ``demo`` and friends.
+
+A front end: it uses only the public API, and it is the one place (with the server) that
+configures logging and output. Errors print as one actionable line; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+__all__ = ["main"]
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="root model, e.g. openai:gpt-5-mini (default: RLM_MODEL)")
+    p.add_argument(
+        "--sub-model", help="model for llm_query and child runs (default: the root model)"
+    )
+    p.add_argument(
+        "--max-depth", type=int, default=None, help="recursion depth of rlm_query (default 1)"
+    )
+    p.add_argument("--max-iterations", type=int, default=None, help="turns per run (default 20)")
+    p.add_argument("--verbose", action="store_true", help="show each step of the run live")
+    p.add_argument(
+        "-v", dest="log_level", action="count", default=0, help="log to stderr (-v info, -vv debug)"
+    )
+    p.add_argument(
+        "--log-json", action="store_true", help="write the SDK's logs to stderr as JSON lines"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlm-sdk",
+        description="Recursive Language Models: answer queries over contexts far too long for one prompt.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="answer a query over files or stdin")
+    run.add_argument(
+        "files", nargs="*", type=Path, help="context files (several become a list); stdin when none"
+    )
+    run.add_argument("-q", "--query", help="the query (default: the context states the task)")
+    run.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    _add_model_options(run)
+
+    demo = sub.add_parser("demo", help="needle in a haystack over a million lines")
+    demo.add_argument("--lines", type=int, default=1_000_000, help="lines in the haystack")
+    demo.add_argument("--seed", type=int, default=None, help="seed for the haystack")
+    demo.add_argument(
+        "--offline",
+        action="store_true",
+        help="use the scripted stand-in even when a provider is configured",
+    )
+    _add_model_options(demo)
+
+    batch = sub.add_parser("batch", help="run many items from a JSONL file or a folder, resumably")
+    batch.add_argument(
+        "input",
+        type=Path,
+        help="JSONL of {id?, context | context_file, query?}, or a folder of files",
+    )
+    batch.add_argument(
+        "-o", "--output", type=Path, required=True, help="JSONL results, one line per finished item"
+    )
+    batch.add_argument("-q", "--query", help="the query for every item (required for a folder)")
+    batch.add_argument("-c", "--concurrency", type=int, default=8, help="items in flight at once")
+    batch.add_argument(
+        "--record", type=Path, help="also write every event to this JSONL trajectory file"
+    )
+    _add_model_options(batch)
+
+    view = sub.add_parser("view", help="render a saved JSONL trajectory in the terminal")
+    view.add_argument("file", type=Path)
+    view.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+    try:
+        from rlm_sdk.server import add_serve_parser
+    except ImportError:  # pragma: no cover - the server package is part of the SDK
+        pass
+    else:
+        add_serve_parser(sub)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "log_level", 0), logging.DEBUG)
+    if getattr(args, "debug", False):
+        level = logging.DEBUG
+    if getattr(args, "log_json", False):
+        import structlog
+
+        structlog.configure(
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso"),
+                structlog.processors.JSONRenderer(),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        )
+    elif level < logging.WARNING:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s")
+
+
+def _read_context(files: Sequence[Path]) -> str | list[str]:
+    if not files or [str(f) for f in files] == ["-"]:
+        if sys.stdin.isatty():
+            raise SystemExit("rlm-sdk: no context: pass files, or pipe text on stdin")
+        return sys.stdin.read()
+    texts = []
+    for f in files:
+        try:
+            texts.append(f.read_text(encoding="utf-8", errors="replace"))
+        except OSError as err:
+            raise SystemExit(f"rlm-sdk: cannot read {f}: {err.strerror}") from err
+    return texts[0] if len(texts) == 1 else texts
+
+
+def _rlm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "sub_model": args.sub_model,
+        "max_depth": args.max_depth,
+        "max_iterations": args.max_iterations,
+        "verbose": args.verbose,
+    }
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from rlm_sdk import RecursiveLM
+
+    context = _read_context(args.files)
+    async with RecursiveLM(args.model, **_rlm_kwargs(args)) as rlm:
+        result = await rlm.acomplete(context, args.query)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(result.answer if result.answer is not None else f"(no answer: {result.stop_reason})")
+    return 0 if result.answer is not None else 1
+
+
+def _provider_configured(args: argparse.Namespace) -> bool:
+    from rlm_sdk._settings import load_settings
+
+    s = load_settings()
+    return bool(args.model or s.model or s.openai_api_key or s.anthropic_api_key)
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from rlm_sdk import RecursiveLM
+    from rlm_sdk.testing import ScriptedProvider
+
+    from ._demo import NIAH_QUERY, make_haystack, niah_policy
+
+    offline = args.offline or not _provider_configured(args)
+    t0 = time.perf_counter()
+    context, number = make_haystack(args.lines, seed=args.seed)
+    print(
+        f"Haystack: {args.lines:,} lines, {len(context) / 1e6:.1f} MB, built in "
+        f"{time.perf_counter() - t0:.1f} s. Query: {NIAH_QUERY!r}"
+    )
+    kwargs = _rlm_kwargs(args)
+    if offline:
+        print(
+            "OFFLINE DEMO: no language model is called. A scripted test/demo double plays the "
+            "model's part (set OPENAI_API_KEY or pass --model to use a real model)."
+        )
+        rlm = RecursiveLM("scripted-niah", provider=ScriptedProvider(niah_policy), **kwargs)
+    else:
+        rlm = RecursiveLM(args.model, **kwargs)
+    async with rlm:
+        result = await rlm.acomplete(context, NIAH_QUERY)
+    usage = result.usage
+    print(f"Answer: {result.answer}")
+    print(
+        f"Expected: {number} -> {'correct' if result.answer and str(number) in result.answer else 'WRONG'}; "
+        f"{result.iterations} turns, {usage.calls} model calls, {usage.total_tokens:,} tokens, "
+        f"{result.wall_time_s:.2f} s" + ("" if not offline else " (offline: no model was called)")
+    )
+    return 0 if result.answer and str(number) in result.answer else 1
+
+
+def _batch_items(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The batch's items, each with an ``id`` (line number or file name) for resuming."""
+    src: Path = args.input
+    items: list[dict[str, Any]] = []
+    if src.is_dir():
+        if not args.query:
+            raise SystemExit("rlm-sdk: a folder batch needs --query")
+        for f in sorted(p for p in src.iterdir() if p.is_file()):
+            items.append(
+                {
+                    "id": f.name,
+                    "context": f.read_text(encoding="utf-8", errors="replace"),
+                    "query": args.query,
+                }
+            )
+        return items
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise SystemExit(f"rlm-sdk: cannot read {src}: {err.strerror}") from err
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"rlm-sdk: {src}:{n}: not JSON ({err.msg})") from err
+        if not isinstance(raw, dict) or not ("context" in raw or "context_file" in raw):
+            raise SystemExit(f"rlm-sdk: {src}:{n}: an item needs 'context' or 'context_file'")
+        if "context_file" in raw:
+            path = (src.parent / str(raw["context_file"])).resolve()
+            raw["context"] = path.read_text(encoding="utf-8", errors="replace")
+        items.append(
+            {
+                "id": str(raw.get("id", n)),
+                "context": raw["context"],
+                "query": raw.get("query", args.query),
+            }
+        )
+    return items
+
+
+def _finished_ids(output: Path) -> set[str]:
+    """Ids already written to ``output`` without an error: a resumed batch skips them."""
+    done: set[str] = set()
+    if not output.exists():
+        return done
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by an interruption: that item runs again
+        if isinstance(row, dict) and row.get("error") is None and "id" in row:
+            done.add(str(row["id"]))
+    return done
+
+
+async def _cmd_batch(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rlm_sdk import BatchItem, BatchProgress, RecursiveLM
+    from rlm_sdk._recorder import JSONLRecorder
+
+    items = _batch_items(args)
+    skip = _finished_ids(args.output)
+    todo = [
+        BatchItem(id=i["id"], context=i["context"], query=i["query"])
+        for i in items
+        if i["id"] not in skip
+    ]
+    print(
+        f"{len(items)} items; {len(skip & {i['id'] for i in items})} already done; running {len(todo)}",
+        file=sys.stderr,
+    )
+    recorder = JSONLRecorder(args.record) if args.record else None
+    failed = 0
+    with (
+        Progress(
+            TextColumn("[bold]batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed · {task.fields[spend]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar,
+        args.output.open("a", encoding="utf-8") as out,
+    ):
+        task = bar.add_task("batch", total=len(todo), failed=0, spend="")
+
+        def progress(p: BatchProgress) -> None:
+            spend = f"{p.tokens:,} tok" + (f" · ${p.cost:.4f}" if p.cost is not None else "")
+            bar.update(task, completed=p.done, failed=p.failed, spend=spend)
+
+        async with RecursiveLM(args.model, **_rlm_kwargs(args)) as rlm:
+            async for outcome in rlm.abatch_iter(
+                todo, concurrency=args.concurrency, on_progress=progress, on_event=recorder
+            ):
+                r = outcome.result
+                row = {
+                    "id": outcome.id,
+                    "answer": outcome.answer,
+                    "stop_reason": None if r is None else r.stop_reason,
+                    "error": outcome.error,
+                    "error_type": outcome.error_type,
+                    "iterations": None if r is None else r.iterations,
+                    "wall_time_s": None if r is None else round(r.wall_time_s, 3),
+                    "tokens": None if r is None else r.usage.total_tokens,
+                    "cost": None if r is None else r.usage.cost,
+                    "run_id": None if r is None else r.run_id,
+                }
+                out.write(json.dumps(row) + "\n")
+                out.flush()  # a finished item survives an interruption
+                failed += 0 if outcome.ok else 1
+    if recorder is not None:
+        recorder.close()
+    return 1 if failed else 0
+
+
+async def _cmd_view(args: argparse.Namespace) -> int:
+    from rlm_sdk._console import ConsoleView
+    from rlm_sdk._recorder import load_events
+
+    view = ConsoleView(file=sys.stdout, threaded=False)
+    for event in load_events(args.file):
+        view.render(event)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlm-sdk`` console script."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args)
+    from rlm_sdk._exceptions import RLMError
+
+    if args.command == "serve":
+        from rlm_sdk.server import serve
+
+        return serve(args)
+    command = {"run": _cmd_run, "demo": _cmd_demo, "batch": _cmd_batch, "view": _cmd_view}[
+        args.command
+    ]
+    try:
+        return anyio.run(command, args)
+    except KeyboardInterrupt:
+        print("rlm-sdk: interrupted", file=sys.stderr)
+        return 130
+    except RLMError as err:
+        if args.debug:
+            raise
+        print(f"rlm-sdk: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+

@@ -1,0 +1,27 @@
+"""Providers turn a chat history into one model reply; they know nothing of RLMs.
+
+One protocol (:class:`Provider`), two wire formats (OpenAI-compatible, Anthropic) over shared
+HTTP machinery, and a registry from model strings (``"anthropic:claude-sonnet-4-5"``) to
+providers. Test doubles live in :mod:`rlm_sdk.testing`.
+"""
+
+from __future__ import annotations
+
+from ._anthropic import AnthropicProvider
+from ._openai import OpenAICompatibleProvider
+from ._registry import ProviderFactory, ProviderRegistry, register_provider, resolve_model
+from ._types import ChatMessage, CompletionRequest, CompletionResponse, Provider, TokenUsage
+
+__all__ = [
+    "AnthropicProvider",
+    "ChatMessage",
+    "CompletionRequest",
+    "CompletionResponse",
+    "OpenAICompatibleProvider",
+    "Provider",
+    "ProviderFactory",
+    "ProviderRegistry",
+    "TokenUsage",
+    "register_provider",
+    "resolve_model",
+]

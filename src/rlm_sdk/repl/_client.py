@@ -1,0 +1,849 @@
+"""The parent side of the REPL: start a worker, hand it the context once, run cells, answer its calls.
+
+Why it is built this way:
+
+- The worker is another process (``python -I _worker.py``), so model-written code cannot reach
+  the parent's memory, keys or connections; it gets the context, the code and nothing else.
+- ``__aenter__`` starts the process and returns at once. The handshake and the context load go on
+  in the background, and every operation (or :meth:`REPLSession.wait_ready`) waits for them, so a
+  caller can overlap the start with its first model call.
+- The context is written once, in a worker thread, into a sealed memfd the worker maps; a restart
+  maps the same memfd again instead of sending the context twice.
+- Each worker belongs to the session's task group. Closing, cancellation, crashes and deadlines
+  kill its whole process group and reap it, so nothing outlives the session.
+- Everything that comes from the worker is validated (:mod:`rlm_sdk.repl._types`); garbage is a
+  :class:`~rlm_sdk.WorkerProtocolError` and the worker is killed. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import inspect
+import itertools
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+from pydantic import ValidationError
+
+from rlm_sdk._constants import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_WORKER_FILE_SIZE_LIMIT,
+    DEFAULT_WORKER_START_TIMEOUT,
+    MAX_OUTPUT_LIMIT,
+    MIN_WORKER_MEMORY,
+    WORKER_ENV_ALLOWLIST,
+    WORKER_EXIT_GRACE,
+    WORKER_INTERRUPT_GRACE,
+)
+from rlm_sdk._exceptions import (
+    ConfigurationError,
+    REPLError,
+    WorkerCrashedError,
+    WorkerProtocolError,
+    WorkerStartError,
+)
+from rlm_sdk._logging import get_logger
+
+from . import _worker
+from ._types import (
+    WORKER_FRAMES,
+    CallFrame,
+    CellError,
+    CellResult,
+    ContextData,
+    FatalFrame,
+    HelloFrame,
+    ReadyFrame,
+    ReplyFrame,
+    ResultFrame,
+    SubCallHandler,
+    SubCallRequest,
+    ToolFrame,
+    VarFrame,
+    VarsFrame,
+)
+
+__all__ = ["REPLSession"]
+
+WORKER_PATH = os.path.abspath(_worker.__file__)
+NO_HANDLER_ERROR = "Error: no sub-call handler configured"
+_STDERR_TAIL = 8192
+_SEND_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+_READ_ENDS = (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError)
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+class _Waiter:
+    """A request of the parent waiting for the worker's answer (or the worker's end)."""
+
+    __slots__ = ("done", "expect", "frame")
+
+    def __init__(self, expect: type[ReplyFrame]) -> None:
+        self.done = anyio.Event()
+        self.expect = expect
+        self.frame: ReplyFrame | None = None
+
+
+class _Worker:
+    """One worker process and everything tied to it; a restart replaces it wholesale."""
+
+    def __init__(self, process: anyio.abc.Process, started: float) -> None:
+        if process.stdin is None or process.stdout is None or process.stderr is None:
+            raise WorkerStartError("the REPL worker was started without pipes")
+        self.process = process
+        self.stdin = process.stdin
+        self.stdout = process.stdout
+        self.stderr = process.stderr
+        self.pid = process.pid
+        self.started = started
+        self.ready = False
+        self.failure: REPLError | None = None
+        self.scope = anyio.CancelScope()
+        self.settled = anyio.Event()
+        """Set once the worker is ready or never will be."""
+        self.finished = anyio.Event()
+        """Set once the process is reaped, its pipes closed and its waiters woken."""
+        self.stderr_closed = anyio.Event()
+        self.send_lock = anyio.Lock()
+        self.waiters: dict[int, _Waiter] = {}
+        self.in_flight: set[anyio.CancelScope] = set()
+        self.handlers: anyio.abc.TaskGroup | None = None
+        self._stderr_tail = bytearray()
+
+    @property
+    def stopped(self) -> bool:
+        """The worker is dead or being killed."""
+        return (
+            self.finished.is_set()
+            or self.failure is not None
+            or self.process.returncode is not None
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (it and everything it started)."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def interrupt(self) -> None:
+        """SIGINT the worker: a KeyboardInterrupt in the running cell."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGINT)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        frame = _worker.encode_frame(message)
+        async with self.send_lock:
+            await self.stdin.send(frame)
+
+    def add_stderr(self, chunk: bytes) -> None:
+        self._stderr_tail += chunk
+        del self._stderr_tail[:-_STDERR_TAIL]
+
+    def stderr_excerpt(self) -> str:
+        return self._stderr_tail.decode("utf-8", "replace").strip()
+
+    def exit_reason(self) -> str:
+        if self.failure is not None:
+            return str(self.failure)
+        code = self.process.returncode
+        if code is None:
+            return "it closed its channel"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+    def finish(self) -> None:
+        self.finished.set()
+        self.settled.set()
+        for waiter in self.waiters.values():
+            waiter.done.set()
+
+
+@dataclass
+class _Outcome:
+    """How a request ended: the answer, or why there is none."""
+
+    frame: ReplyFrame | None
+    timed_out: bool
+    lost: str | None = None
+    """Why the worker was lost (and restarted) when there is no answer."""
+    excerpt: str = ""
+
+
+class REPLSession:
+    """An isolated Python REPL in a worker process, holding ``context``.
+
+    Use it as an async context manager. ``__aenter__`` starts the worker and returns without
+    waiting for it; :meth:`wait_ready` waits for the handshake and the context load, and every
+    operation waits for them by itself. Enter and exit it in the same task.
+
+    Args:
+        context: The value of ``context`` in the REPL (``None`` for none).
+        handler: Answers ``llm_query*``/``rlm_query*`` from the model's code. Without one, every
+            prompt is answered ``"Error: no sub-call handler configured"``.
+        tools: Callables living in this process (sync or async), visible in the REPL under these
+            names; JSON arguments in, a JSON result back. An exception in a tool becomes
+            ``RuntimeError("tool NAME failed: ...")`` in the cell.
+        cell_timeout: Seconds a cell may run, including time spent waiting for sub-calls. At the
+            deadline the cell gets a KeyboardInterrupt (variables kept); if it does not stop
+            within ``WORKER_INTERRUPT_GRACE`` the worker is killed and restarted (variables lost).
+        memory_limit: The worker's address-space limit in bytes; by default
+            ``max(MIN_WORKER_MEMORY, 4 x context + 1 GiB)`` (8 x for lists and JSON values).
+        output_limit: Characters of stdout and of stderr kept per cell (head and tail).
+        start_timeout: Seconds the worker has to start and load the context.
+        env: Extra environment variables for the worker. Nothing else from this process's
+            environment reaches it but ``WORKER_ENV_ALLOWLIST``.
+
+    Model code: a non-``str`` prompt raises TypeError in the cell (not converted with ``str()``),
+    so the model sees its mistake; ``model`` must be a ``str`` or ``None``.
+    """
+
+    def __init__(
+        self,
+        context: ContextData | None = None,
+        *,
+        handler: SubCallHandler | None = None,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        cell_timeout: float = DEFAULT_CELL_TIMEOUT,
+        memory_limit: int | None = None,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+        start_timeout: float = DEFAULT_WORKER_START_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if context is not None and not isinstance(context, str | bytes | bytearray | list | dict):
+            raise ConfigurationError(
+                f"context must be str, bytes, list or dict, not {type(context).__name__}"
+            )
+        _check_positive("cell_timeout", cell_timeout)
+        _check_positive("start_timeout", start_timeout)
+        if memory_limit is not None and memory_limit <= 0:
+            raise ConfigurationError("memory_limit must be a positive number of bytes or None")
+        if not 0 <= output_limit <= MAX_OUTPUT_LIMIT:
+            raise ConfigurationError(f"output_limit must be between 0 and {MAX_OUTPUT_LIMIT}")
+        self._tools = dict(tools or {})
+        for name, tool in self._tools.items():
+            if not name.isidentifier() or name.startswith("_"):
+                raise ConfigurationError(f"tool name {name!r} is not a public Python identifier")
+            if name in _worker.RESERVED_NAMES or name == _worker.ANSWER_NAME:
+                raise ConfigurationError(f"tool name {name!r} is reserved in the REPL")
+            if not callable(tool):
+                raise ConfigurationError(f"tool {name!r} is not callable")
+        self._env_extra = dict(env or {})
+        for key, value in self._env_extra.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigurationError("env must map str to str")
+        self._context: ContextData | None = context
+        self._handler = handler
+        self._cell_timeout = float(cell_timeout)
+        self._memory_limit = memory_limit
+        self._output_limit = output_limit
+        self._start_timeout = float(start_timeout)
+        self.restarts = 0
+        """How many times the worker was replaced (timeouts, crashes, :meth:`restart`)."""
+        self._log = get_logger(component="repl")
+        self._ids = itertools.count(1)
+        self._state = "new"
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._lock: anyio.Lock | None = None
+        self._prepared: anyio.Event | None = None
+        self._descriptor: dict[str, Any] | None = None
+        self._prepare_error: Exception | None = None
+        self._memfd: int | None = None
+        self._workdir: str | None = None
+        self._worker: _Worker | None = None
+        self._broken: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while one is running."""
+        worker = self._worker
+        if worker is None or worker.process.returncode is not None:
+            return None
+        return worker.pid
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError("a REPLSession can be entered only once")
+        self._state = "open"
+        self._workdir = tempfile.mkdtemp(prefix="rlm-repl-")
+        self._lock = anyio.Lock()
+        self._prepared = anyio.Event()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            if self._context is None:
+                self._descriptor = {"kind": "none", "nbytes": 0}
+                self._prepared.set()
+            else:
+                self._memfd = os.memfd_create("rlm-context", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                self._tg.start_soon(self._prepare_context, self._memfd)
+            await self._spawn()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.aclose()
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None:
+                # Every task has been told to stop by aclose(); the caller's exception, if any,
+                # goes on unchanged rather than wrapped in an exception group.
+                await tg.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """Kill the worker's process group, reap it and remove its directory; idempotent."""
+        if self._state == "closed":
+            return
+        was_open = self._state == "open"
+        self._state = "closed"
+        if not was_open:
+            return
+        with anyio.CancelScope(shield=True):
+            worker = self._worker
+            if worker is not None:
+                worker.kill()
+                with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+                    await worker.finished.wait()
+            if self._memfd is not None:
+                if self._prepared is not None:
+                    await self._prepared.wait()  # the writing thread must be done with the fd
+                os.close(self._memfd)
+                self._memfd = None
+            if self._workdir is not None:
+                remove = functools.partial(shutil.rmtree, self._workdir, ignore_errors=True)
+                await anyio.to_thread.run_sync(remove)
+                self._workdir = None
+        self._log.debug("rlm.repl_closed", restarts=self.restarts)
+
+    async def wait_ready(self) -> None:
+        """Wait until the worker has shaken hands and loaded the context.
+
+        Raises:
+            WorkerStartError: it failed or missed ``start_timeout``; the message carries the end
+                of its stderr.
+        """
+        await self._await_ready(self._current())
+
+    async def restart(self) -> None:
+        """Replace the worker with a fresh one holding the same context; variables are lost."""
+        async with self._exclusive():
+            await self._replace(self._current(), "a restart was requested")
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def run_cell(self, code: str, *, timeout: float | None = None) -> CellResult:  # noqa: ASYNC109
+        """Run ``code`` in the persistent namespace; waits for readiness first.
+
+        Errors in the code, timeouts and a crashing worker are reported in the result; the
+        session keeps working. Raises :class:`~rlm_sdk.WorkerProtocolError` if the worker sent
+        garbage (it is killed; the next call starts a new one) and
+        :class:`~rlm_sdk.WorkerCrashedError` if a needed restart failed.
+        """
+        limit = self._cell_timeout if timeout is None else timeout
+        _check_positive("timeout", limit)
+        async with self._exclusive():
+            notice = await self._revive()
+            started = anyio.current_time()
+            outcome = await self._roundtrip({"type": "exec", "code": code}, ResultFrame, limit)
+            duration = anyio.current_time() - started
+        return _cell_result(outcome, duration, limit, notice)
+
+    async def get_variable(self, name: str) -> str | None:
+        """The variable's value as text (``str()`` of it); None if there is no such variable."""
+        async with self._exclusive():
+            await self._revive()
+            message = {"type": "get_var", "name": name}
+            outcome = await self._roundtrip(message, VarFrame, self._cell_timeout)
+        frame = outcome.frame
+        return frame.text if isinstance(frame, VarFrame) and frame.found else None
+
+    async def list_variables(self) -> dict[str, str]:
+        """User variable names (not modules, not names starting with ``_``) to type names."""
+        async with self._exclusive():
+            await self._revive()
+            outcome = await self._roundtrip({"type": "list_vars"}, VarsFrame, self._cell_timeout)
+        frame = outcome.frame
+        return dict(frame.variables) if isinstance(frame, VarsFrame) else {}
+
+    # -- internals: state ---------------------------------------------------------------------
+
+    def _current(self) -> _Worker:
+        if self._state != "open" or self._worker is None:
+            raise RuntimeError("the REPL session is not open (use `async with REPLSession(...)`)")
+        return self._worker
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> Any:
+        self._current()
+        assert self._lock is not None
+        async with self._lock:
+            yield
+
+    async def _revive(self) -> str | None:
+        """Make sure a live, ready worker is there; a notice if it had to be replaced."""
+        if self._broken is not None:
+            raise WorkerCrashedError(self._broken)
+        worker = self._current()
+        await self._await_ready(worker)
+        if not worker.stopped:
+            return None
+        reason = worker.exit_reason()
+        await self._replace(worker, reason)
+        return (
+            f"The REPL worker had stopped ({reason}) and was restarted before this cell; "
+            "variables from earlier cells were lost."
+        )
+
+    async def _await_ready(self, worker: _Worker) -> None:
+        if worker.ready:
+            return
+        remaining = worker.started + self._start_timeout - anyio.current_time()
+        with anyio.move_on_after(remaining):
+            await worker.settled.wait()
+        if worker.ready:
+            return
+        timed_out = not worker.settled.is_set()
+        worker.kill()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2 * WORKER_EXIT_GRACE):
+            await worker.finished.wait()
+        if timed_out:
+            what = f"the REPL worker did not become ready within {self._start_timeout:g} s"
+        elif worker.failure is not None:
+            what = str(worker.failure)
+        else:
+            what = f"the REPL worker stopped during startup ({worker.exit_reason()})"
+        excerpt = worker.stderr_excerpt()
+        if excerpt:
+            what += f"; the end of its stderr:\n{excerpt}"
+        cause = self._prepare_error or (worker.failure and worker.failure.__cause__)
+        raise WorkerStartError(what) from cause
+
+    async def _replace(self, old: _Worker, reason: str) -> _Worker:
+        """Kill ``old`` and start a new worker with the same context."""
+        old.kill()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+            await old.finished.wait()
+        self._current()
+        self.restarts += 1
+        try:
+            new = await self._spawn()
+            await self._await_ready(new)
+        except WorkerStartError as exc:
+            self._broken = f"the REPL worker stopped ({reason}) and could not be restarted: {exc}"
+            self._log.error("rlm.worker_restart_failed", old_pid=old.pid, reason=reason)
+            raise WorkerCrashedError(self._broken) from exc
+        self._log.warning(
+            "rlm.worker_restarted",
+            old_pid=old.pid,
+            pid=new.pid,
+            reason=reason,
+            restarts=self.restarts,
+        )
+        return new
+
+    # -- internals: the process -----------------------------------------------------------------
+
+    async def _prepare_context(self, fd: int) -> None:
+        assert self._prepared is not None
+        try:
+            self._descriptor = await anyio.to_thread.run_sync(_write_sealed, fd, self._context)
+        except Exception as exc:
+            self._prepare_error = exc
+        finally:
+            self._context = None  # the memfd holds it now; let the caller's copy go
+            self._prepared.set()
+
+    def _worker_env(self) -> dict[str, str]:
+        assert self._workdir is not None
+        env = {key: os.environ[key] for key in WORKER_ENV_ALLOWLIST if key in os.environ}
+        env.update(HOME=self._workdir, TMPDIR=self._workdir, PYTHONUNBUFFERED="1")
+        env.update(self._env_extra)
+        return env
+
+    async def _spawn(self) -> _Worker:
+        assert self._tg is not None
+        started = anyio.current_time()
+        try:
+            process = await anyio.open_process(
+                [sys.executable, "-I", WORKER_PATH],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=self._workdir,
+                env=self._worker_env(),
+                start_new_session=True,
+                pass_fds=() if self._memfd is None else (self._memfd,),
+            )
+        except OSError as exc:
+            raise WorkerStartError(f"could not start the REPL worker: {exc}") from exc
+        worker = _Worker(process, started)
+        self._worker = worker
+        self._tg.start_soon(self._serve, worker)
+        if self._state != "open":  # closed while we were starting it
+            worker.kill()
+            raise REPLError("the REPL session was closed")
+        self._log.debug("rlm.worker_spawned", pid=worker.pid)
+        return worker
+
+    def _init_message(self) -> dict[str, Any]:
+        assert self._descriptor is not None
+        descriptor = dict(self._descriptor)
+        if self._memfd is not None:
+            descriptor["fd"] = self._memfd
+        return {
+            "type": "init",
+            "protocol": _worker.PROTOCOL_VERSION,
+            "parent_pid": os.getpid(),
+            "context": descriptor,
+            "output_limit": self._output_limit,
+            "memory_limit": self._memory_limit or _default_memory_limit(descriptor),
+            "file_size_limit": DEFAULT_WORKER_FILE_SIZE_LIMIT,
+            "tools": {name: inspect.getdoc(tool) or "" for name, tool in self._tools.items()},
+        }
+
+    async def _serve(self, worker: _Worker) -> None:
+        """Own one worker: read its frames, answer its calls, and clean up after it."""
+        try:
+            with worker.scope:
+                async with anyio.create_task_group() as tg:
+                    worker.handlers = tg
+                    tg.start_soon(self._drain_stderr, worker)
+                    tg.start_soon(self._watch_exit, worker)
+                    tg.start_soon(self._send_init, worker)
+                    try:
+                        await self._read_frames(worker)
+                    except WorkerProtocolError as exc:
+                        worker.failure = exc
+                        self._log.error("rlm.worker_protocol_error", pid=worker.pid, error=str(exc))
+                    worker.kill()
+                    with anyio.move_on_after(WORKER_EXIT_GRACE):
+                        await worker.stderr_closed.wait()
+                    tg.cancel_scope.cancel()
+        except Exception as exc:  # a bug here must not take the caller's task group down
+            worker.failure = worker.failure or REPLError(f"supervising the worker failed: {exc!r}")
+            self._log.error("rlm.worker_supervision_failed", pid=worker.pid, error=repr(exc))
+        finally:
+            with anyio.CancelScope(shield=True):
+                worker.kill()
+                with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+                    await worker.process.wait()
+                with anyio.move_on_after(WORKER_EXIT_GRACE):
+                    await worker.process.aclose()
+                worker.finish()
+                self._log.debug("rlm.worker_exited", pid=worker.pid, reason=worker.exit_reason())
+
+    async def _send_init(self, worker: _Worker) -> None:
+        assert self._prepared is not None
+        await self._prepared.wait()
+        if self._prepare_error is not None:
+            error = self._prepare_error
+            worker.failure = WorkerStartError(f"the context could not be prepared: {error!r}")
+            worker.failure.__cause__ = error
+            worker.kill()
+            return
+        try:
+            await worker.send(self._init_message())
+        except _SEND_ERRORS:
+            worker.kill()  # it died; the reader reports how
+
+    async def _drain_stderr(self, worker: _Worker) -> None:
+        """Keep the end of what the worker itself wrote to stderr (startup errors, segfaults)."""
+        try:
+            async for chunk in worker.stderr:
+                worker.add_stderr(chunk)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        finally:
+            worker.stderr_closed.set()
+
+    async def _watch_exit(self, worker: _Worker) -> None:
+        """When the worker exits, kill what is left of its group and stop waiting for its pipes."""
+        await worker.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)  # at once, before the group id can be reused
+        await anyio.sleep(
+            WORKER_EXIT_GRACE
+        )  # a forked child that escaped the group may hold a pipe
+        worker.scope.cancel()
+
+    async def _read_frames(self, worker: _Worker) -> None:
+        """Dispatch frames until the channel ends; garbage raises WorkerProtocolError."""
+        stream = BufferedByteReceiveStream(worker.stdout)
+        while True:
+            try:
+                header = await stream.receive_exactly(_worker.HEADER_SIZE)
+                size = _worker.frame_size(header)
+                if size > _worker.MAX_FRAME_SIZE:
+                    raise WorkerProtocolError(
+                        f"the REPL worker announced a {size}-byte frame "
+                        f"(the limit is {_worker.MAX_FRAME_SIZE})"
+                    )
+                payload = await stream.receive_exactly(size)
+            except _READ_ENDS:
+                return  # the worker is gone, possibly in the middle of a frame
+            try:
+                frame = WORKER_FRAMES.validate_json(payload)
+            except ValidationError as exc:
+                raise WorkerProtocolError(
+                    f"the REPL worker sent an invalid frame: {payload[:200]!r}"
+                ) from exc
+            self._dispatch(worker, frame)
+
+    def _dispatch(self, worker: _Worker, frame: Any) -> None:
+        if isinstance(frame, CallFrame):
+            assert worker.handlers is not None
+            worker.handlers.start_soon(self._answer_call, worker, frame)
+        elif isinstance(frame, ToolFrame):
+            assert worker.handlers is not None
+            worker.handlers.start_soon(self._answer_tool, worker, frame)
+        elif isinstance(frame, ResultFrame | VarFrame | VarsFrame):
+            waiter = worker.waiters.get(frame.id)
+            if waiter is None:
+                return  # an answer nobody waits for any more
+            if not isinstance(frame, waiter.expect):
+                raise WorkerProtocolError(f"the REPL worker answered with a {frame.type!r} frame")
+            waiter.frame = frame
+            waiter.done.set()
+            if isinstance(frame, ResultFrame):  # the cell is over: so are its sub-calls
+                for scope in worker.in_flight:
+                    scope.cancel()
+        elif isinstance(frame, ReadyFrame):
+            worker.ready = True
+            worker.settled.set()
+            startup = anyio.current_time() - worker.started
+            self._log.debug(
+                "rlm.worker_ready", pid=worker.pid, startup_s=startup, load_s=frame.load_s
+            )
+        elif isinstance(frame, HelloFrame):
+            if frame.protocol != _worker.PROTOCOL_VERSION:
+                raise WorkerProtocolError(f"the REPL worker speaks protocol {frame.protocol}")
+        elif isinstance(frame, FatalFrame):
+            worker.failure = WorkerStartError(f"the REPL worker could not start: {frame.message}")
+
+    # -- internals: requests ------------------------------------------------------------------
+
+    async def _roundtrip(
+        self, message: dict[str, Any], expect: type[ReplyFrame], limit: float
+    ) -> _Outcome:
+        """Send a request and wait for its answer, enforcing the deadline.
+
+        At the deadline the worker gets SIGINT; if it does not answer within the grace period
+        it is killed and replaced. A worker that dies is replaced too; either way the outcome
+        says so. Cancellation kills the worker (the next call starts a new one).
+        """
+        worker = self._current()
+        request_id = next(self._ids)
+        waiter = _Waiter(expect)
+        worker.waiters[request_id] = waiter
+        try:
+            try:
+                await worker.send({**message, "id": request_id})
+            except _SEND_ERRORS:
+                worker.kill()
+            timed_out = False
+            with anyio.move_on_after(limit):
+                await waiter.done.wait()
+            if not waiter.done.is_set():
+                timed_out = True
+                self._log.warning("rlm.cell_timeout", pid=worker.pid, limit_s=limit)
+                worker.interrupt()
+                with anyio.move_on_after(WORKER_INTERRUPT_GRACE):
+                    await waiter.done.wait()
+                if not waiter.done.is_set():
+                    reason = f"it did not stop within {WORKER_INTERRUPT_GRACE:g} s of an interrupt"
+                    await self._replace(worker, reason)
+                    return _Outcome(None, timed_out=True, lost=reason)
+            if waiter.frame is not None:
+                return _Outcome(waiter.frame, timed_out)
+            if isinstance(worker.failure, WorkerProtocolError):
+                raise WorkerProtocolError(str(worker.failure)) from worker.failure
+            reason = worker.exit_reason()
+            excerpt = worker.stderr_excerpt()
+            await self._replace(worker, reason)
+            return _Outcome(None, timed_out, lost=reason, excerpt=excerpt)
+        except anyio.get_cancelled_exc_class():
+            worker.kill()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+                await worker.finished.wait()
+            raise
+        finally:
+            worker.waiters.pop(request_id, None)
+
+    async def _answer_call(self, worker: _Worker, frame: CallFrame) -> None:
+        request = SubCallRequest(
+            kind=frame.kind, prompts=frame.prompts, model=frame.model, batched=frame.batched
+        )
+        with anyio.CancelScope() as scope:
+            worker.in_flight.add(scope)
+            try:
+                results = await self._call_handler(request)
+            finally:
+                worker.in_flight.discard(scope)
+            reply = {"type": "call_result", "id": frame.id, "results": results}
+            try:
+                await worker.send(reply)
+            except _worker.FrameTooLargeError as exc:
+                error = f"Error: the answers are too large to pass to the REPL ({exc})"
+                reply["results"] = [error] * len(results)
+                with contextlib.suppress(*_SEND_ERRORS):
+                    await worker.send(reply)
+            except _SEND_ERRORS:
+                pass  # the worker is gone; its reader reports that
+
+    async def _call_handler(self, request: SubCallRequest) -> list[str]:
+        count = len(request.prompts)
+        if self._handler is None:
+            return [NO_HANDLER_ERROR] * count
+        try:
+            results = await self._handler(request)
+        except Exception as exc:
+            self._log.warning("rlm.subcall_failed", kind=request.kind, error=_describe(exc))
+            return [f"Error: {_describe(exc)}"] * count
+        if (
+            not isinstance(results, list)
+            or len(results) != count
+            or not all(isinstance(item, str) for item in results)
+        ):
+            self._log.warning("rlm.subcall_bad_result", kind=request.kind, prompts=count)
+            return [f"Error: the sub-call handler did not return {count} strings"] * count
+        return results
+
+    async def _answer_tool(self, worker: _Worker, frame: ToolFrame) -> None:
+        reply: dict[str, Any]
+        try:
+            tool = self._tools.get(frame.name)
+            if tool is None:
+                raise LookupError(f"there is no tool named {frame.name!r}")
+            value = await _call_tool(tool, frame.args, frame.kwargs)
+            reply = {"type": "tool_result", "id": frame.id, "ok": True, "value": value}
+            await worker.send(reply)  # a result that is not JSON fails here, before sending
+            return
+        except _SEND_ERRORS:
+            return
+        except Exception as exc:
+            self._log.warning("rlm.tool_failed", tool=frame.name, error=_describe(exc))
+            reply = {"type": "tool_result", "id": frame.id, "ok": False, "error": _describe(exc)}
+        with contextlib.suppress(*_SEND_ERRORS):
+            await worker.send(reply)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0 or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a positive number of seconds")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _write_sealed(fd: int, context: object) -> dict[str, Any]:
+    """Write the context into the memfd and seal it: from now on nobody can change it."""
+    descriptor = _worker.write_context(fd, context)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    return descriptor
+
+
+def _default_memory_limit(descriptor: Mapping[str, Any]) -> int:
+    """Room for the context, a few working copies of it, and the interpreter."""
+    factor = 4 if descriptor["kind"] in ("none", "str", "bytes") else 8
+    return max(MIN_WORKER_MEMORY, factor * int(descriptor["nbytes"]) + 1024**3)
+
+
+async def _call_tool(tool: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Await an async tool; run a sync one in a thread (it may block on I/O)."""
+    if inspect.iscoroutinefunction(tool) or inspect.iscoroutinefunction(
+        getattr(tool, "__call__", None)  # noqa: B004 - an object with an async __call__
+    ):
+        result = await tool(*args, **kwargs)
+    else:
+        result = await anyio.to_thread.run_sync(functools.partial(tool, *args, **kwargs))
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _cell_result(
+    outcome: _Outcome, duration: float, limit: float, notice: str | None
+) -> CellResult:
+    frame = outcome.frame
+    error: CellError | None
+    if not isinstance(frame, ResultFrame):
+        if outcome.timed_out:
+            error = CellError(
+                type="TimeoutError",
+                message=(
+                    f"The cell exceeded its time limit of {limit:g} s and did not stop when "
+                    "interrupted, so the REPL was restarted: all variables were lost."
+                ),
+                traceback="",
+            )
+        else:
+            error = CellError(
+                type="WorkerDied",
+                message=(
+                    f"The REPL worker died during this cell ({outcome.lost}), so the REPL was "
+                    "restarted: all variables were lost."
+                ),
+                traceback=outcome.excerpt,
+            )
+        return CellResult(
+            stdout="",
+            stderr="",
+            error=error,
+            duration_s=duration,
+            defined_names=[],
+            restarted=True,
+            timed_out=outcome.timed_out,
+            notice=notice,
+        )
+    error = frame.error
+    if outcome.timed_out and error is not None and error.type == "KeyboardInterrupt":
+        message = (
+            f"The cell exceeded its time limit of {limit:g} s and was interrupted; "
+            "variables are kept."
+        )
+        error = error.model_copy(update={"message": message})
+    return CellResult(
+        stdout=frame.stdout,
+        stderr=frame.stderr,
+        error=error,
+        duration_s=duration,
+        defined_names=frame.defined_names,
+        final_answer=frame.final_answer,
+        restarted=notice is not None,
+        timed_out=outcome.timed_out,
+        output_truncated=frame.stdout_cut + frame.stderr_cut,
+        notice=notice,
+    )

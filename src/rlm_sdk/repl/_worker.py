@@ -1,0 +1,1069 @@
+"""The REPL worker: the process that holds the context and runs the model's code.
+
+The parent starts this file as a script (``python -I _worker.py``) and never as part of the
+``rlm_sdk`` package: importing the package would pull in pydantic and httpx and cost hundreds of
+milliseconds on every start, and the worker runs code written by a model, so it should contain as
+little as possible. It is therefore self-contained and uses the standard library only. It also
+holds the wire format (frames, the context layout in the memfd), which the parent imports from
+here, so both sides share one definition.
+
+Startup, in order (:func:`main`):
+
+1. Take the channel: the protocol moves from fd 0/1 to private descriptors, fd 0 reads
+   ``/dev/null`` and fd 1/2 become pipes this process drains itself, so ``print``,
+   ``os.write(1, ...)`` and child processes can never write into the channel.
+2. Say ``hello``, then read the ``init`` frame (context descriptor, limits, tool names).
+3. Apply isolation (:func:`apply_isolation`): resource limits and death with the parent today;
+   the sandbox layers (Landlock, seccomp, a network namespace) belong there too.
+4. Load the context from the sealed memfd, build the namespace, say ``ready``.
+5. Serve: run cells, answer variable queries, forward sub-calls and tool calls to the parent.
+
+The wire format: each frame is a 4-byte big-endian length and a UTF-8 JSON object with a
+``"type"``. Parent to worker: ``init``, ``exec``, ``get_var``, ``list_vars``, ``call_result``,
+``tool_result``. Worker to parent: ``hello``, ``ready``, ``fatal``, ``result``, ``var``, ``vars``,
+``call``, ``tool``. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import _thread
+import builtins
+import codecs
+import contextlib
+import fcntl
+import io
+import itertools
+import json
+import mmap
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+from _queue import SimpleQueue
+from array import array
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ast
+    import traceback
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
+
+    from _typeshed import ReadableBuffer
+
+# --------------------------------------------------------------------------------------------
+# Wire format (shared with the parent)
+# --------------------------------------------------------------------------------------------
+
+PROTOCOL_VERSION = 1
+HEADER_SIZE = 4
+MAX_FRAME_SIZE = 256 * 1024 * 1024
+"""Largest frame either side accepts; sub-call prompts may carry big chunks of the context."""
+MAX_TEXT_CHARS = MAX_FRAME_SIZE // 4 - 4096
+"""Longest text the worker puts in one frame (a variable's value, a final answer)."""
+TRACEBACK_CHARS = 3000
+"""Characters of a cell's traceback kept (the tail, where the error is)."""
+TRACEBACK_FRAMES = 8
+MAX_DEFINED_NAMES = 500
+CUT_MARKER = "\n... [{cut} characters cut] ...\n"
+CONTEXT_SEPARATOR = "\x00"
+"""Joins the items of a ``list[str]`` context when no item contains it."""
+RESERVED_NAMES = (
+    "context",
+    "llm_query",
+    "llm_query_batched",
+    "rlm_query",
+    "rlm_query_batched",
+    "FINAL_VAR",
+    "SHOW_VARS",
+)
+"""Names the worker restores after every cell; tool names are reserved as well."""
+ANSWER_NAME = "answer"
+
+_HEADER = struct.Struct(">I")
+_CONTEXT_CHUNK = 4 * 1024 * 1024
+_LINES_BATCH = 4096
+_PIPE_SIZE = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_ModuleType = type(sys)
+
+
+class FrameTooLargeError(ValueError):
+    """A message does not fit in one frame (``MAX_FRAME_SIZE``)."""
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """One frame: the length header and the JSON payload of ``message``.
+
+    Raises:
+        FrameTooLargeError: the payload exceeds ``MAX_FRAME_SIZE``.
+        TypeError, ValueError: ``message`` is not plain JSON (NaN and infinities included).
+    """
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    payload = text.encode("utf-8", "replace")  # a lone surrogate becomes "?", never invalid UTF-8
+    if len(payload) > MAX_FRAME_SIZE:
+        raise FrameTooLargeError(f"a {len(payload)}-byte frame exceeds {MAX_FRAME_SIZE} bytes")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def frame_size(header: bytes) -> int:
+    """The payload length a frame header announces."""
+    size: int = _HEADER.unpack(header)[0]
+    return size
+
+
+def write_context(fd: int, context: object) -> dict[str, Any]:
+    """Write ``context`` into the empty file ``fd`` and return its descriptor (parent side).
+
+    Layouts: ``str`` as UTF-8; ``bytes`` as is; a ``list`` of ``str`` as its items joined by
+    ``CONTEXT_SEPARATOR`` (or, when an item contains it, the items concatenated followed by an
+    array of their lengths), so no item is JSON-escaped; any other JSON value as JSON.
+    Large texts are encoded in chunks, so this never holds a second full copy of the context.
+    """
+    if context is None:
+        return {"kind": "none", "nbytes": 0}
+    if isinstance(context, str):
+        return {"kind": "str", "nbytes": _write_text(fd, context, 0)}
+    if isinstance(context, bytes | bytearray | memoryview):
+        view = memoryview(context).cast("B")
+        _write_all(fd, view, 0)
+        return {"kind": "bytes", "nbytes": len(view)}
+    if isinstance(context, list):
+        lines = _write_lines(fd, context)
+        if lines is not None:
+            return lines
+        os.ftruncate(fd, 0)
+    data = json.dumps(context, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    _write_all(fd, memoryview(data), 0)
+    return {"kind": "json", "nbytes": len(data)}
+
+
+def _write_text(fd: int, text: str, offset: int) -> int:
+    written = 0
+    for start in range(0, len(text), _CONTEXT_CHUNK):
+        data = text[start : start + _CONTEXT_CHUNK].encode("utf-8", "surrogatepass")
+        _write_all(fd, memoryview(data), offset + written)
+        written += len(data)
+    return written
+
+
+def _write_lines(fd: int, items: list[Any]) -> dict[str, Any] | None:
+    """The ``list[str]`` layout, or None when an item is not a ``str``."""
+    sep = CONTEXT_SEPARATOR
+    offset = 0
+    for start in range(0, len(items), _LINES_BATCH):
+        batch = items[start : start + _LINES_BATCH]
+        try:
+            text = sep.join(batch)
+        except TypeError:
+            return None
+        if text.count(sep) != len(batch) - 1:
+            return _write_lines_with_lengths(fd, items)
+        offset += _write_text(fd, sep + text if start else text, offset)
+    return {"kind": "lines", "nbytes": offset, "count": len(items), "lengths": False}
+
+
+def _write_lines_with_lengths(fd: int, items: list[str]) -> dict[str, Any]:
+    os.ftruncate(fd, 0)
+    offset = 0
+    for start in range(0, len(items), _LINES_BATCH):
+        offset += _write_text(fd, "".join(items[start : start + _LINES_BATCH]), offset)
+    lengths = array("q", map(len, items))
+    _write_all(fd, memoryview(lengths).cast("B"), offset)
+    return {"kind": "lines", "nbytes": offset, "count": len(items), "lengths": True}
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view = view[done:]
+        offset += done
+
+
+def load_context(fd: int, descriptor: dict[str, Any]) -> object:
+    """Rebuild the context from ``fd`` as :func:`write_context` laid it out (worker side)."""
+    kind = descriptor["kind"]
+    nbytes = int(descriptor["nbytes"])
+    if kind == "none":
+        return None
+    count = int(descriptor.get("count", 0))
+    lengths_nbytes = 8 * count if descriptor.get("lengths") else 0
+    total = nbytes + lengths_nbytes
+    if total == 0:
+        return {"str": "", "bytes": b"", "lines": [""] * count}[kind]
+    with mmap.mmap(fd, total, prot=mmap.PROT_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            if kind == "bytes":
+                return bytes(view)
+            if kind == "json":
+                return json.loads(view.tobytes())
+            text = str(view[:nbytes], "utf-8", "surrogatepass")
+            if kind == "str":
+                return text
+            if kind != "lines":
+                raise ValueError(f"unknown context kind {kind!r}")
+            if not lengths_nbytes:
+                items = text.split(CONTEXT_SEPARATOR) if count else []
+            else:
+                lengths = array("q")
+                lengths.frombytes(view[nbytes:total])
+                items = [
+                    text[a:b]
+                    for a, b in itertools.pairwise(itertools.accumulate(lengths, initial=0))
+                ]
+            if len(items) != count:
+                raise ValueError(f"context has {len(items)} items, expected {count}")
+            return items
+        finally:
+            view.release()
+
+
+# --------------------------------------------------------------------------------------------
+# The channel
+# --------------------------------------------------------------------------------------------
+
+
+class _Gate:
+    """Turns SIGINT into KeyboardInterrupt only while a cell runs, never inside a frame write.
+
+    The parent interrupts a cell that runs past its deadline with SIGINT. Raised in the middle of
+    writing a frame, the interrupt would leave half a frame in the channel, so it is deferred
+    until the write is done; outside cells it is ignored.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._held = 0
+        self._pending = False
+        self._main = threading.get_ident()
+
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if not self.armed:
+            return
+        if self._held:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    def arm(self) -> None:
+        self._pending = False
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+        self._pending = False
+
+    def hold(self) -> bool:
+        if threading.get_ident() != self._main:
+            return False
+        self._held += 1
+        return True
+
+    def release(self, held: bool) -> None:
+        if not held:
+            return
+        self._held -= 1
+        if not self._held and self._pending:
+            self._pending = False
+            if self.armed:
+                raise KeyboardInterrupt
+
+
+class _Channel:
+    """Frames over the worker's private pipe descriptors, plus a line-based diagnostic stream."""
+
+    def __init__(self, rfd: int, wfd: int, diag: int) -> None:
+        self._rfd = rfd
+        self._wfd = wfd
+        self._diag = diag
+        self._wlock = threading.Lock()
+
+    def diag(self, text: str) -> None:
+        """A line for the parent's log (the original stderr pipe, not the cell's capture)."""
+        with contextlib.suppress(OSError):
+            os.write(self._diag, f"rlm worker: {text}\n".encode("utf-8", "replace"))
+
+    def diag_fd(self) -> int:
+        return self._diag
+
+    def read(self) -> dict[str, Any] | None:
+        """The next message, or None when the parent closed the channel."""
+        header = self._read_exact(HEADER_SIZE)
+        if header is None:
+            return None
+        size = frame_size(header)
+        if size > MAX_FRAME_SIZE:
+            raise ValueError(f"frame of {size} bytes from the parent")
+        payload = self._read_exact(size)
+        if payload is None:
+            return None
+        message = json.loads(payload)
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ValueError("a frame from the parent is not a typed JSON object")
+        return message
+
+    def _read_exact(self, size: int) -> bytes | None:
+        chunks: list[bytes] = []
+        remaining = size
+        while remaining:
+            chunk = os.read(self._rfd, min(remaining, 16 * 1024 * 1024))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def send(self, message: dict[str, Any], gate: _Gate | None = None) -> None:
+        self.send_frame(encode_frame(message), gate)
+
+    def send_frame(self, frame: bytes, gate: _Gate | None = None) -> None:
+        held = gate.hold() if gate is not None else False
+        try:
+            with self._wlock:
+                view = memoryview(frame)
+                while view:
+                    view = view[os.write(self._wfd, view) :]
+        except OSError:
+            os._exit(0)  # the parent is gone
+        finally:
+            if gate is not None:
+                gate.release(held)
+
+
+# --------------------------------------------------------------------------------------------
+# Output capture
+# --------------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """Keeps the head and the tail of one stream's text within a budget of characters."""
+
+    def __init__(self, limit: int) -> None:
+        self._tail_limit = limit // 2
+        self._head_limit = limit - self._tail_limit
+        self.reset()
+
+    def reset(self) -> None:
+        self._head: list[str] = []
+        self._head_room = self._head_limit
+        self._tail: list[str] = []
+        self._tail_len = 0
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        size = len(text)
+        if not size:
+            return
+        self.total += size
+        if self._head_room:
+            part = text[: self._head_room]
+            self._head.append(part)
+            self._head_room -= len(part)
+            if len(part) == size:
+                return
+            text = text[len(part) :]
+        limit = self._tail_limit
+        if len(text) >= limit:
+            self._tail = [text[len(text) - limit :]]
+            self._tail_len = limit
+            return
+        self._tail.append(text)
+        self._tail_len += len(text)
+        if self._tail_len > 2 * limit:
+            joined = "".join(self._tail)
+            self._tail = [joined[len(joined) - limit :]]
+            self._tail_len = limit
+
+    def take(self) -> tuple[str, int]:
+        """The text kept (with a marker where characters were cut) and how many were cut."""
+        head = "".join(self._head)
+        tail = "".join(self._tail)
+        if len(tail) > self._tail_limit:
+            tail = tail[len(tail) - self._tail_limit :]
+        cut = self.total - len(head) - len(tail)
+        self.reset()
+        return (head + CUT_MARKER.format(cut=cut) + tail if cut else head + tail), cut
+
+
+class _Output:
+    """What a cell prints: ``sys.stdout``/``sys.stderr``, and bytes anyone writes to fd 1 and 2.
+
+    ``sys.stdout``/``sys.stderr`` are ordinary text streams whose raw layer writes into bounded
+    sinks (no syscalls, so printing a gigabyte costs little); fd 1 and 2 are pipes drained by a
+    thread into the same sinks, so ``os.write(1, ...)`` and child processes are captured too, and
+    memory stays bounded either way.
+    """
+
+    def __init__(self, limit: int, pipes: dict[int, tuple[int, int]]) -> None:
+        self.lock = threading.Lock()
+        self.sinks = {1: _Sink(limit), 2: _Sink(limit)}
+        self._pipes = pipes
+        self._targets = {read: target for target, (read, _) in pipes.items()}
+        self._decoders = {read: _Utf8Decoder() for read in self._targets}
+        self.stdout = self._stream(1)
+        self.stderr = self._stream(2)
+        threading.Thread(target=self._pump, name="rlm-output", daemon=True).start()
+
+    def _stream(self, target: int) -> io.TextIOWrapper:
+        raw = io.BufferedWriter(_RawSink(self, target), 64 * 1024)
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace")
+
+    def add(self, target: int, text: str) -> None:
+        with self.lock:
+            self.sinks[target].add(text)
+
+    def begin_cell(self) -> None:
+        """Point fd 1/2 and ``sys.stdout``/``sys.stderr`` back at the capture if code moved them."""
+        for target, (_, write) in self._pipes.items():
+            os.dup2(write, target)
+        if self.stdout.closed:
+            self.stdout = self._stream(1)
+        if self.stderr.closed:
+            self.stderr = self._stream(2)
+        sys.stdout = self.stdout
+        sys.stderr = self.stderr
+
+    def finish_cell(self) -> tuple[str, int, str, int]:
+        """Everything written so far: stdout, characters cut, stderr, characters cut."""
+        for stream in (self.stdout, self.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with self.lock:
+            for read in self._targets:
+                self._drain(read, 1024)
+            stdout, stdout_cut = self.sinks[1].take()
+            stderr, stderr_cut = self.sinks[2].take()
+        return stdout, stdout_cut, stderr, stderr_cut
+
+    def _drain(self, read: int, rounds: int) -> None:
+        """Move what is in one pipe into its sink (bounded, in case a writer never stops)."""
+        sink = self.sinks[self._targets[read]]
+        decoder = self._decoders[read]
+        for _ in range(rounds):
+            try:
+                data = os.read(read, _PIPE_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            sink.add(decoder.decode(data))
+
+    def _pump(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        poller = select.poll()
+        for read in self._targets:
+            poller.register(read, select.POLLIN)
+        while True:
+            for read, _ in poller.poll():
+                with self.lock:  # small rounds let the cell's own prints in between
+                    self._drain(read, 16)
+
+
+class _RawSink(io.RawIOBase):
+    """The raw layer under ``sys.stdout``/``sys.stderr``: bytes decoded into a bounded sink."""
+
+    def __init__(self, output: _Output, target: int) -> None:
+        super().__init__()
+        self._output = output
+        self._target = target
+        self._decoder = _Utf8Decoder()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._target
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, data: ReadableBuffer) -> int:
+        view = memoryview(data)
+        self._output.add(self._target, self._decoder.decode(view))
+        return view.nbytes
+
+
+class _Utf8Decoder:
+    """Incremental UTF-8 decoding straight from a buffer (the stdlib one copies every input)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def decode(self, data: ReadableBuffer) -> str:
+        buffer: ReadableBuffer = self._pending + bytes(data) if self._pending else data
+        text, used = codecs.utf_8_decode(buffer, "replace", False)
+        self._pending = bytes(memoryview(buffer)[used:])
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# Requests to the parent: sub-calls and tools
+# --------------------------------------------------------------------------------------------
+
+
+class _Bridge:
+    """Sends requests to the parent and waits for the replies the reader thread hands over.
+
+    Any thread may call; each request waits on its own lock, so a cell can run sub-calls from a
+    thread pool. The wait is interruptible, so a cell blocked on a slow sub-call still stops at
+    its deadline.
+    """
+
+    def __init__(self, channel: _Channel, gate: _Gate) -> None:
+        self._channel = channel
+        self._gate = gate
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[_thread.LockType, list[dict[str, Any]]]] = {}
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        box: list[dict[str, Any]] = []
+        with self._lock:
+            request_id = next(self._ids)
+            self._pending[request_id] = (waiter, box)
+        try:
+            frame = encode_frame({**message, "id": request_id})
+            self._channel.send_frame(frame, self._gate)
+            waiter.acquire()
+            return box[0]
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Hand a reply to the thread waiting for it (a reply nobody waits for is dropped)."""
+        with self._lock:
+            entry = self._pending.pop(message.get("id", -1), None)
+        if entry is not None:
+            entry[1].append(message)
+            entry[0].release()
+
+    def ask(self, kind: str, prompts: list[str], model: object, batched: bool) -> list[str]:
+        if model is not None and not isinstance(model, str):
+            raise TypeError(f"model must be a str or None, not {type(model).__name__}")
+        if not prompts:
+            return []
+        try:
+            reply = self.request(
+                {
+                    "type": "call",
+                    "kind": kind,
+                    "prompts": prompts,
+                    "model": model,
+                    "batched": batched,
+                }
+            )
+        except FrameTooLargeError as exc:
+            raise ValueError(f"the prompts are too large to send: {exc}") from None
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(prompts):
+            raise RuntimeError("the parent answered a sub-call with the wrong number of results")
+        return [str(result) for result in results]
+
+    def tool(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            reply = self.request(
+                {"type": "tool", "name": name, "args": list(args), "kwargs": kwargs}
+            )
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"tool {name}: the arguments must be JSON values ({exc})") from None
+        if reply.get("ok"):
+            return reply.get("value")
+        raise RuntimeError(f"tool {name} failed: {reply.get('error')}")
+
+
+def _prompt(value: object, function: str) -> str:
+    if isinstance(value, str):
+        return value
+    hint = f"; use {function}_batched() for many prompts" if isinstance(value, list | tuple) else ""
+    raise TypeError(f"{function}() takes a str prompt, not {type(value).__name__}{hint}")
+
+
+def _prompts(values: object, function: str) -> list[str]:
+    if isinstance(values, str | bytes | dict) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{function}() takes a list of str prompts, not {type(values).__name__}")
+    prompts = list(values)
+    for index, value in enumerate(prompts):
+        if not isinstance(value, str):
+            raise TypeError(f"{function}() prompt {index} is a {type(value).__name__}, not a str")
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------
+# The session: namespace, cells, variables
+# --------------------------------------------------------------------------------------------
+
+
+class _VarListing(dict[str, str]):
+    """What ``SHOW_VARS()`` returns: user variable names to type names, shown readably."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "No variables defined yet."
+        return "Variables:\n" + "\n".join(f"  {name}: {kind}" for name, kind in self.items())
+
+
+class _Session:
+    """The persistent namespace and everything that happens in it."""
+
+    def __init__(
+        self,
+        channel: _Channel,
+        gate: _Gate,
+        output: _Output,
+        context: object,
+        config: dict[str, Any],
+    ) -> None:
+        self._channel = channel
+        self._gate = gate
+        self._output = output
+        self._bridge = _Bridge(channel, gate)
+        self._commands: SimpleQueue[dict[str, Any]] = SimpleQueue()
+        self._cells = 0
+        self._final: str | None = None
+        module = _ModuleType("__main__")
+        sys.modules["__main__"] = module
+        self.ns: dict[str, Any] = module.__dict__
+        self.reserved: dict[str, object] = {"context": context, **self._functions()}
+        for name, doc in dict(config.get("tools") or {}).items():
+            self.reserved[name] = self._tool(name, doc)
+        self.ns.update(self.reserved)
+        self.ns[ANSWER_NAME] = {"content": "", "ready": False}
+
+    # -- the functions model code sees ------------------------------------------------------
+
+    def _functions(self) -> dict[str, Callable[..., Any]]:
+        bridge = self._bridge
+
+        def llm_query(prompt: str, model: str | None = None) -> str:
+            """Ask a language model one prompt; returns its answer ("Error: ..." if it failed)."""
+            return bridge.ask("llm", [_prompt(prompt, "llm_query")], model, False)[0]
+
+        def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+            """Ask a language model many prompts concurrently; answers come back in order."""
+            return bridge.ask("llm", _prompts(prompts, "llm_query_batched"), model, True)
+
+        def rlm_query(prompt: str, model: str | None = None) -> str:
+            """Ask a recursive LM (with its own REPL) one prompt; returns its answer."""
+            return bridge.ask("rlm", [_prompt(prompt, "rlm_query")], model, False)[0]
+
+        def rlm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+            """Ask recursive LMs many prompts concurrently; answers come back in order."""
+            return bridge.ask("rlm", _prompts(prompts, "rlm_query_batched"), model, True)
+
+        def FINAL_VAR(value: object) -> str:
+            """Give the final answer: a variable's name (its value is used) or any value."""
+            if isinstance(value, str) and value.isidentifier() and value in self.ns:
+                value = self.ns[value]
+            self._final = _text(value)
+            return self._final
+
+        def SHOW_VARS() -> _VarListing:
+            """The variables defined so far, with their types."""
+            return _VarListing(self.variables())
+
+        return {
+            "llm_query": llm_query,
+            "llm_query_batched": llm_query_batched,
+            "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched,
+            "FINAL_VAR": FINAL_VAR,
+            "SHOW_VARS": SHOW_VARS,
+        }
+
+    def _tool(self, name: str, doc: object) -> Callable[..., Any]:
+        bridge = self._bridge
+
+        def tool(*args: Any, **kwargs: Any) -> Any:
+            return bridge.tool(name, args, kwargs)
+
+        tool.__name__ = tool.__qualname__ = name
+        tool.__doc__ = str(doc) if doc else f"The {name} tool (runs in the parent process)."
+        return tool
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Answer the parent's commands until it closes the channel (which ends the process)."""
+        threading.Thread(target=self._read_loop, name="rlm-channel", daemon=True).start()
+        import ast  # noqa: F401  warm up now, while the parent waits for its first model reply
+        import linecache  # noqa: F401
+        import traceback  # noqa: F401
+
+        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "exec": self.run_cell,
+            "get_var": self.get_var,
+            "list_vars": self.list_vars,
+        }
+        while True:
+            message = self._commands.get()
+            handler = handlers.get(message["type"])
+            if handler is None:
+                self._channel.diag(f"unexpected frame {message['type']!r} from the parent")
+                continue
+            try:
+                reply = handler(message)
+            except KeyboardInterrupt:  # landed on the edge of a cell, in our own code
+                self._gate.disarm()
+                reply = self._fallback(message, "KeyboardInterrupt", "the cell was interrupted")
+            self._reply(message, reply)
+
+    def _read_loop(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            while True:
+                message = self._channel.read()
+                if message is None:
+                    os._exit(0)  # the parent closed the channel or died
+                if message["type"] in ("call_result", "tool_result"):
+                    self._bridge.deliver(message)
+                else:
+                    self._commands.put(message)
+        except BaseException as exc:
+            self._channel.diag(f"channel read failed: {type(exc).__name__}: {exc}")
+            os._exit(2)
+
+    def _reply(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        try:
+            frame = encode_frame(reply)
+        except (TypeError, ValueError) as exc:
+            reply = self._fallback(message, "REPLError", f"the reply could not be sent: {exc}")
+            frame = encode_frame(reply)
+        self._channel.send_frame(frame)
+
+    def _fallback(self, message: dict[str, Any], error: str, text: str) -> dict[str, Any]:
+        """A minimal reply to ``message`` when the normal one could not be made."""
+        kind = message["type"]
+        if kind == "exec":
+            stdout, stdout_cut, stderr, stderr_cut = self._output.finish_cell()
+            return {
+                "type": "result",
+                "id": message["id"],
+                "stdout": stdout,
+                "stdout_cut": stdout_cut,
+                "stderr": stderr,
+                "stderr_cut": stderr_cut,
+                "error": {"type": error, "message": text, "traceback": ""},
+                "defined_names": [],
+                "final_answer": None,
+            }
+        if kind == "get_var":
+            return {"type": "var", "id": message["id"], "found": False, "text": None}
+        return {"type": "vars", "id": message["id"], "variables": {}}
+
+    # -- cells ---------------------------------------------------------------------------------
+
+    def run_cell(self, message: dict[str, Any]) -> dict[str, Any]:
+        code = str(message["code"])
+        self._cells += 1
+        self._final = None
+        self._output.begin_cell()
+        before = {name: id(value) for name, value in self.ns.items()}
+        error, bound = self._execute(code, f"<cell-{self._cells}>")
+        self._restore()
+        stdout, stdout_cut, stderr, stderr_cut = self._output.finish_cell()
+        changed = {name for name, value in self.ns.items() if before.get(name) != id(value)}
+        defined = sorted(
+            name
+            for name in changed | bound
+            if name in self.ns and self._is_user(name, self.ns[name])
+        )
+        return {
+            "type": "result",
+            "id": message["id"],
+            "stdout": stdout,
+            "stdout_cut": stdout_cut,
+            "stderr": stderr,
+            "stderr_cut": stderr_cut,
+            "error": error,
+            "defined_names": defined[:MAX_DEFINED_NAMES],
+            "final_answer": self._final_answer(),
+        }
+
+    def _execute(self, code: str, filename: str) -> tuple[dict[str, str] | None, set[str]]:
+        """Run one cell; the error (if any) and the names its top level binds."""
+        import ast
+        import linecache
+
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        try:
+            tree = ast.parse(code, filename, "exec")
+            echo = None
+            if (
+                tree.body
+                and isinstance(tree.body[-1], ast.Expr)
+                and not code.rstrip().endswith(";")
+            ):
+                last = tree.body.pop()
+                assert isinstance(last, ast.Expr)
+                echo = compile(ast.Expression(last.value), filename, "eval", dont_inherit=True)
+            body = compile(tree, filename, "exec", dont_inherit=True)
+        except BaseException as exc:  # the cell does not compile: say where
+            return _describe(exc, compiling=True), set()
+        bound = _bound_names(tree)
+        try:
+            self._gate.arm()
+            try:
+                exec(body, self.ns)
+                if echo is not None:
+                    value = eval(echo, self.ns)
+                    if value is not None and not (self._final is not None and value is self._final):
+                        print(repr(value), file=self._output.stdout)
+            finally:
+                self._gate.disarm()
+        except BaseException as exc:  # everything the model's code does is a cell result
+            self._gate.disarm()
+            return _describe(exc), bound
+        return None, bound
+
+    def _restore(self) -> None:
+        """Put back the reserved names (and ``answer`` if it was deleted)."""
+        ns = self.ns
+        for name, value in self.reserved.items():
+            if ns.get(name, ns) is not value:
+                ns[name] = value
+        if ANSWER_NAME not in ns:
+            ns[ANSWER_NAME] = {"content": "", "ready": False}
+
+    def _final_answer(self) -> str | None:
+        if self._final is not None:
+            return self._final[:MAX_TEXT_CHARS]
+        answer = self.ns.get(ANSWER_NAME)
+        try:
+            if isinstance(answer, dict) and answer.get("ready"):
+                return _text(answer.get("content", ""))
+        except Exception:
+            return None
+        return None
+
+    def _is_user(self, name: str, value: object) -> bool:
+        return (
+            not name.startswith("_")
+            and name not in self.reserved
+            and not isinstance(value, _ModuleType)
+        )
+
+    def variables(self) -> dict[str, str]:
+        return {
+            name: type(value).__name__
+            for name, value in list(self.ns.items())
+            if self._is_user(name, value)
+        }
+
+    # -- variable queries ------------------------------------------------------------------------
+
+    def get_var(self, message: dict[str, Any]) -> dict[str, Any]:
+        name = str(message["name"])
+        if name not in self.ns:
+            return {"type": "var", "id": message["id"], "found": False, "text": None}
+        self._gate.arm()  # a __str__ may loop forever; the deadline still applies
+        try:
+            text = _text(self.ns[name])
+        except KeyboardInterrupt:
+            text = f"<str() of {type(self.ns[name]).__name__} was interrupted>"
+        finally:
+            self._gate.disarm()
+        return {"type": "var", "id": message["id"], "found": True, "text": text}
+
+    def list_vars(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "vars", "id": message["id"], "variables": self.variables()}
+
+
+def _text(value: object) -> str:
+    """``str(value)``, bounded to what fits in a frame; never raises for a broken ``__str__``."""
+    try:
+        text = str(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        text = f"<str() of {type(value).__name__} failed: {type(exc).__name__}: {exc}>"
+    return text[:MAX_TEXT_CHARS]
+
+
+def _describe(exc: BaseException, *, compiling: bool = False) -> dict[str, str]:
+    """The error of a cell: type, message and a short traceback tail without the worker's frames.
+
+    A cell that does not compile gets only the location (line, caret), not a traceback.
+    """
+    kind = type(exc).__name__
+    try:
+        import traceback
+
+        if isinstance(exc, SystemExit):
+            message = f"exit({exc.code!r}) was called; the REPL does not exit, it keeps running"
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "the cell was interrupted"
+        else:
+            message = _text(exc)
+        if compiling:
+            lines = traceback.format_exception_only(type(exc), exc)
+        else:
+            report = traceback.TracebackException(
+                type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES, compact=True
+            )
+            _drop_worker_frames(report)
+            lines = list(report.format())
+        text = "".join(lines)
+        if len(text) > TRACEBACK_CHARS:
+            text = "...\n" + text[len(text) - TRACEBACK_CHARS :]
+    except BaseException:  # MemoryError while formatting: keep what we have
+        return {"type": kind, "message": "", "traceback": ""}
+    finally:
+        del exc
+    return {"type": kind, "message": message, "traceback": text}
+
+
+def _drop_worker_frames(report: traceback.TracebackException) -> None:
+    """Remove this file's frames (the cell runner, the bridge) from a report and its chain."""
+    import traceback
+
+    todo = [report]
+    seen: set[int] = set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        frames = [frame for frame in item.stack if frame.filename != __file__]
+        item.stack = traceback.StackSummary.from_list(frames)
+        todo.extend(chained for chained in (item.__cause__, item.__context__) if chained)
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    """Names the top level of a cell binds (function and class bodies are not looked into)."""
+    import ast
+
+    names: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+            stack.extend(node.decorator_list)
+            continue
+        if isinstance(
+            node, ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp
+        ):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Startup
+# --------------------------------------------------------------------------------------------
+
+
+def take_channel() -> tuple[_Channel, dict[int, tuple[int, int]]]:
+    """Move the protocol off fd 0/1 and point fd 0 at /dev/null and fd 1/2 at capture pipes.
+
+    Returns the channel and, per target fd, the capture pipe's read end and a private copy of
+    its write end (used to put fd 1/2 back if a cell moves them).
+    """
+    channel = _Channel(os.dup(0), os.dup(1), os.dup(2))  # os.dup: non-inheritable copies
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    pipes: dict[int, tuple[int, int]] = {}
+    for target in (1, 2):
+        read, write = os.pipe()
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups for big writes
+            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        os.set_blocking(read, False)
+        os.dup2(write, target)  # inheritable, so child processes write into the capture too
+        pipes[target] = (read, write)
+    return channel, pipes
+
+
+def apply_isolation(config: dict[str, Any]) -> None:
+    """Narrow what the model's code can do, before any of it runs.
+
+    Today: die with the parent, no core dumps, bounded address space and file size. The sandbox
+    layers (Landlock, seccomp, a network namespace) are to be applied here as well.
+    """
+    import ctypes
+    import resource
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != config.get("parent_pid", os.getppid()):
+        os._exit(0)  # the parent died before the line above
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for limit, value in (
+        (resource.RLIMIT_AS, config.get("memory_limit")),
+        (resource.RLIMIT_FSIZE, config.get("file_size_limit")),
+    ):
+        if value:
+            hard = resource.getrlimit(limit)[1]
+            value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
+            resource.setrlimit(limit, (value, value))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead
+
+
+def main() -> None:
+    """Start, load the context, and serve until the parent goes away."""
+    channel, pipes = take_channel()
+    try:
+        _start(channel, pipes)
+    except BaseException as exc:
+        channel.diag(f"fatal: {type(exc).__name__}: {exc}")
+        os._exit(1)
+
+
+def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
+    import faulthandler
+
+    faulthandler.enable(channel.diag_fd())  # a segfault leaves a Python traceback in the log
+    gate = _Gate()
+    signal.signal(signal.SIGINT, gate.on_sigint)
+    channel.send({"type": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid()})
+    config = channel.read()
+    if config is None:
+        os._exit(0)
+    started = time.perf_counter()
+    try:
+        if config["type"] != "init" or config.get("protocol") != PROTOCOL_VERSION:
+            raise ValueError(f"expected an init frame for protocol {PROTOCOL_VERSION}")
+        apply_isolation(config)
+        descriptor = dict(config["context"])
+        fd = descriptor.get("fd")
+        context = load_context(-1 if fd is None else int(fd), descriptor)
+        if fd is not None:
+            os.close(int(fd))
+        _install_builtins()
+        output = _Output(int(config["output_limit"]), pipes)
+        session = _Session(channel, gate, output, context, config)
+        del context
+    except BaseException as exc:
+        channel.send({"type": "fatal", "message": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    channel.send({"type": "ready", "load_s": time.perf_counter() - started})
+    session.serve()
+
+
+def _install_builtins() -> None:
+    """``exit()``/``quit()`` raise SystemExit without closing stdin (the cell reports it)."""
+
+    def exit(code: object = None) -> None:
+        raise SystemExit(code)
+
+    builtins.__dict__["exit"] = builtins.__dict__["quit"] = exit
+
+
+if __name__ == "__main__":
+    main()

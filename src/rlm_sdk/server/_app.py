@@ -1,0 +1,229 @@
+"""The Starlette app: the page, its small JSON/SSE API, and the ``/v1`` endpoint.
+
+Routes (every error is OpenAI's ``{"error": {...}}`` shape):
+
+=======  ==============================  ================================================
+GET      /                               the page
+GET      /static/...                     its CSS and JS (served from the package)
+GET      /api/config                     models offered, defaults, limits, offline flag
+POST     /api/runs?query=&model=&...     start a run; the raw body is the context
+GET      /api/runs/{id}                  a run's status and answer
+GET      /api/runs/{id}/events           its events as SSE: the backlog, then live; ``end``
+POST     /api/runs/{id}/stop             cancel it (and its REPL workers)
+POST     /api/trajectories               open a saved JSONL trajectory (raw body)
+GET      /api/demo/haystack?lines=N      a needle-in-a-haystack context for the demo
+GET      /v1/models                      the ``rlm:`` model names
+POST     /v1/chat/completions            a run as a chat completion (see :mod:`._openai`)
+=======  ==============================  ================================================
+
+Contexts and trajectories arrive as the raw request body (no multipart parser needed, no
+size limit but the server's), options in the URL.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from rlm_sdk import ConfigurationError, Event
+from rlm_sdk._logging import get_logger
+from rlm_sdk._recorder import load_events
+from rlm_sdk.cli._demo import NIAH_QUERY, make_haystack
+
+from ._config import MAX_RUNS_KEPT, ServerConfig
+from ._http import (
+    ApiError,
+    EventStream,
+    GuardMiddleware,
+    WriteText,
+    read_body,
+    sse,
+    sse_json,
+)
+from ._jobs import make_job, parse_options
+from ._openai import chat_completions, list_models
+from ._runs import RunRegistry, ServerRun
+
+__all__ = ["build_app"]
+
+_PACKAGE = "rlm_sdk.server"
+_DEMO_MAX_LINES = 2_000_000
+
+
+class _Handlers:
+    """The routes' endpoints, bound to one app's config and run registry."""
+
+    def __init__(self, config: ServerConfig, runs: RunRegistry) -> None:
+        self.config = config
+        self.runs = runs
+        self.index_html = (
+            importlib.resources.files(_PACKAGE).joinpath("static", "index.html").read_text("utf-8")
+        )
+
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.index_html, headers={"cache-control": "no-cache"})
+
+    async def get_config(self, request: Request) -> Response:
+        return JSONResponse({**self.config.public(), "demo_query": NIAH_QUERY})
+
+    def _run(self, request: Request) -> ServerRun:
+        run_id = request.path_params["run_id"]
+        run = self.runs.get(run_id)
+        if run is None:
+            raise ApiError(
+                404, f"no run {run_id!r} (runs are kept in memory only)", code="run_not_found"
+            )
+        return run
+
+    async def start_run(self, request: Request) -> Response:
+        q = request.query_params
+        options = parse_options(
+            self.config,
+            model=q.get("model") or None,
+            sub_model=q.get("sub_model") or None,
+            max_iterations=q.get("max_iterations"),
+            max_depth=q.get("max_depth"),
+        )
+        context = (await read_body(request, self.config.max_body_bytes)).decode("utf-8", "replace")
+        run = self.runs.start(make_job(self.config, options, context, q.get("query", "")))
+        return JSONResponse(
+            {"id": run.id, "events_url": f"/api/runs/{run.id}/events", "options": vars(options)},
+            status_code=201,
+        )
+
+    async def get_run(self, request: Request) -> Response:
+        return JSONResponse(self._run(request).summary())
+
+    async def stop_run(self, request: Request) -> Response:
+        run = self._run(request)
+        self.runs.stop(run.id)
+        return JSONResponse(run.summary())
+
+    async def events(self, request: Request) -> Response:
+        run = self._run(request)
+        last = request.headers.get("last-event-id", "")
+        start = int(last) + 1 if last.isdigit() else 0
+
+        async def produce(write: WriteText) -> None:
+            async for index, line in run.follow(start):
+                await write(sse(line, id=index))
+            await write(sse_json(run.summary(), event="end"))
+
+        return EventStream(produce)
+
+    async def open_trajectory(self, request: Request) -> Response:
+        body = await read_body(request, self.config.max_body_bytes)
+        name = request.query_params.get("name") or "the file"
+        events = await anyio.to_thread.run_sync(_load_trajectory, body, name)
+        if not events:
+            raise ApiError(400, f"{name} holds no events", code="invalid_trajectory")
+        run = self.runs.add_saved(events)
+        roots = sum(1 for e in events if e.type == "run_started" and e.parent_run_id is None)
+        return JSONResponse(
+            {
+                "id": run.id,
+                "events_url": f"/api/runs/{run.id}/events",
+                "events": len(events),
+                "runs": roots,
+            },
+            status_code=201,
+        )
+
+    async def demo_haystack(self, request: Request) -> Response:
+        raw = request.query_params.get("lines", "100000")
+        if not raw.isdigit() or not 1 <= int(raw) <= _DEMO_MAX_LINES:
+            raise ApiError(
+                400, f"lines must be a whole number from 1 to {_DEMO_MAX_LINES:,}", param="lines"
+            )
+        text, _number = await anyio.to_thread.run_sync(lambda: make_haystack(int(raw)))
+        return PlainTextResponse(text, headers={"cache-control": "no-store"})
+
+    async def v1_models(self, request: Request) -> Response:
+        return list_models(self.config)
+
+    async def v1_chat(self, request: Request) -> Response:
+        return await chat_completions(request, self.config)
+
+
+def _load_trajectory(body: bytes, name: str) -> list[Event]:
+    """Validate a JSONL trajectory with the recorder's own loader (it reads files)."""
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        try:
+            return list(load_events(path))
+        except (ConfigurationError, UnicodeDecodeError) as err:
+            message = str(err).replace(path, name)
+            raise ApiError(400, message, code="invalid_trajectory") from err
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ApiError(
+        exc.status_code,
+        f"{exc.detail}: {request.method} {request.url.path}",
+        code="not_found" if exc.status_code == 404 else None,
+    ).response()
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    get_logger().error("rlm.server.internal_error", path=request.url.path, error=repr(exc))
+    return ApiError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+
+
+def build_app(config: ServerConfig) -> Starlette:
+    """The app for ``config``; see :func:`rlm_sdk.server.create_app`."""
+    runs = RunRegistry(MAX_RUNS_KEPT)
+    h = _Handlers(config, runs)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with runs.running():
+            yield
+
+    routes = [
+        Route("/", h.index),
+        Route("/api/config", h.get_config),
+        Route("/api/runs", h.start_run, methods=["POST"]),
+        Route("/api/runs/{run_id}", h.get_run),
+        Route("/api/runs/{run_id}/events", h.events),
+        Route("/api/runs/{run_id}/stop", h.stop_run, methods=["POST"]),
+        Route("/api/trajectories", h.open_trajectory, methods=["POST"]),
+        Route("/api/demo/haystack", h.demo_haystack),
+        Route("/v1/models", h.v1_models),
+        Route("/v1/chat/completions", h.v1_chat, methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[(_PACKAGE, "static")]), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(GuardMiddleware, allowed_hosts=config.allowed_hosts)],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.runs = runs
+    return app

@@ -1,0 +1,175 @@
+"""``/v1``: an RLM behind the OpenAI chat-completions API.
+
+Point any OpenAI client at ``http://127.0.0.1:PORT/v1`` and a run looks like a model call.
+The request maps to a run as :mod:`rlm_sdk._chat` defines (last user message = the query,
+earlier messages = the context); the reply is :func:`~rlm_sdk._chat.to_chat_completion`'s.
+
+Model names: ``rlm:`` + one of the server's models, e.g. ``rlm:openai:gpt-5-mini`` (the
+root model). The rest goes in an optional ``rlm`` object in the body, which the ``openai``
+client sends with ``extra_body``::
+
+    client.chat.completions.create(
+        model="rlm:openai:gpt-5-mini",
+        messages=[...],
+        extra_body={"rlm": {"sub_model": "openai:gpt-5-nano", "max_depth": 2, "max_iterations": 10}},
+    )
+
+``sub_model`` must also be one of the server's models. ``stream=true`` runs the RLM and then
+streams the final answer as ``chat.completion.chunk`` events (comment lines keep the
+connection alive meanwhile); a client that disconnects cancels the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rlm_sdk import ConfigurationError, ProviderError, RLMError, RLMResult
+from rlm_sdk._chat import messages_to_run, to_chat_completion
+
+from ._config import MODEL_PREFIX, ServerConfig
+from ._http import ApiError, EventStream, WriteText, read_body, sse_json, until_disconnect
+from ._jobs import ignore_events, make_job, parse_options, unknown_model
+
+__all__ = ["chat_completions", "list_models"]
+
+_PIECE = 48
+"""Characters of the answer per streamed chunk."""
+
+
+def list_models(config: ServerConfig) -> JSONResponse:
+    """``GET /v1/models``: ``rlm:`` + every configured model."""
+    data = [
+        {"id": MODEL_PREFIX + m, "object": "model", "created": 0, "owned_by": "rlm-sdk"}
+        for m in config.models
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _run_failed(err: Exception) -> ApiError:
+    if isinstance(err, ProviderError):
+        return ApiError(
+            502, f"the model provider failed: {err}", type="api_error", code="provider_error"
+        )
+    return ApiError(
+        500, f"the run failed: {type(err).__name__}: {err}", type="server_error", code="run_failed"
+    )
+
+
+def _parse_request(config: ServerConfig, raw: bytes) -> tuple[dict[str, Any], str]:
+    """The JSON body and the root model it names, or an :class:`ApiError`."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    name = payload.get("model")
+    if not isinstance(name, str) or not name:
+        raise ApiError(
+            400, "'model' is required, e.g. 'rlm:" + config.models[0] + "'", param="model"
+        )
+    root = name.removeprefix(MODEL_PREFIX)
+    if not name.startswith(MODEL_PREFIX) or root not in config.models:
+        raise unknown_model(name, [MODEL_PREFIX + m for m in config.models])
+    return payload, root
+
+
+async def chat_completions(request: Request, config: ServerConfig) -> Response:
+    """``POST /v1/chat/completions`` (see the module docstring)."""
+    payload, root = _parse_request(config, await read_body(request, config.max_body_bytes))
+    extra = payload.get("rlm") or {}
+    if not isinstance(extra, dict):
+        raise ApiError(400, "'rlm' must be an object", param="rlm")
+    options = parse_options(
+        config,
+        model=root,
+        sub_model=extra.get("sub_model"),
+        max_iterations=extra.get("max_iterations"),
+        max_depth=extra.get("max_depth"),
+        prefix="rlm.",
+    )
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "'messages' must be a list of message objects", param="messages")
+    try:
+        context, query = messages_to_run(messages)
+    except ConfigurationError as err:
+        raise ApiError(400, str(err), param="messages") from err
+    job = make_job(config, options, context, query)
+    model_name = str(payload["model"])
+
+    if payload.get("stream") is True:
+        stream_options = payload.get("stream_options")
+        include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+
+        async def produce(write: WriteText) -> None:
+            await _stream(write, model_name, lambda: job(ignore_events), include_usage)
+
+        return EventStream(produce)
+
+    try:
+        result = await until_disconnect(request, lambda: job(ignore_events))
+    except RLMError as err:
+        raise _run_failed(err) from err
+    if result is None:  # the client went away; the run was cancelled
+        return Response(status_code=499)
+    return JSONResponse(to_chat_completion(result, model_name).model_dump(mode="json"))
+
+
+async def _stream(
+    write: WriteText,
+    model: str,
+    run: Callable[[], Awaitable[RLMResult]],
+    include_usage: bool,
+) -> None:
+    """Write a run's answer as chat-completion chunks, then ``[DONE]``."""
+    chunk_id = f"chatcmpl-rlm-{uuid.uuid4().hex[:16]}"
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        return sse_json(
+            {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+        )
+
+    await write(chunk({"role": "assistant", "content": ""}))
+    try:
+        result = await run()
+    except RLMError as err:
+        await write(sse_json(_run_failed(err).body()))
+        await write("data: [DONE]\n\n")
+        return
+    completion = to_chat_completion(result, model)
+    text = completion.choices[0].message.content or ""
+    for start in range(0, len(text), _PIECE):
+        await write(chunk({"content": text[start : start + _PIECE]}))
+    await write(chunk({}, completion.choices[0].finish_reason))
+    if include_usage:
+        usage = completion.usage.model_dump(mode="json")
+        await write(
+            sse_json(
+                {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        )
+    await write("data: [DONE]\n\n")

@@ -1,0 +1,328 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1: a TEST/DEMO double.
+
+Mocked transports (respx) cannot show what happens on a socket: connections kept alive and
+reused, or leaked; a body cut off mid-way; a hundred requests overlapping. This server shows
+it, with faults on cue. It speaks HTTP/1.1 through h11 on anyio streams, and runs its own event
+loop in a background (daemon) thread, so sync tests, async tests on any loop and benchmark
+scripts can all use it the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import anyio
+import anyio.abc
+import h11
+from anyio.from_thread import BlockingPortal
+
+__all__ = ["FakeChatServer", "RecordedRequest", "ServerReply"]
+
+ServerReply: TypeAlias = Callable[
+    [dict[str, Any]], str | dict[str, Any] | Awaitable[str | dict[str, Any]]
+]
+"""From the parsed request body to the assistant's text, or to a whole response object."""
+
+_HOST = "127.0.0.1"
+_CUT_BODY = b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"message": {"cont'
+_GONE = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    h11.ProtocolError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received: ``headers`` has lower-case names, ``json`` the parsed body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+
+
+@dataclass(frozen=True)
+class _Fault:
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    cut: bool = False
+
+
+def _echo(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or [{}]
+    return f"echo: {messages[-1].get('content', '')}"
+
+
+async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
+    """The next h11 event, reading from the socket as needed (end of stream -> ConnectionClosed)."""
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        try:
+            conn.receive_data(await stream.receive())
+        except anyio.EndOfStream:
+            conn.receive_data(b"")
+    return event
+
+
+class FakeChatServer:
+    """A TEST/DEMO double: an OpenAI-compatible server on 127.0.0.1, in a background thread.
+
+    Serves ``POST /v1/chat/completions`` and ``GET /v1/models``, with keep-alive and any number of
+    concurrent connections. Use it as ``with FakeChatServer(...) as server:`` or with
+    :meth:`start` and :meth:`stop`, then point a provider at :attr:`base_url`.
+
+    Args:
+        reply: called with the parsed JSON body of each chat request; returns the assistant
+            text, or a whole response object to send as is. May be async. Echoes the last
+            message by default. If it raises, the server answers 500.
+        latency: seconds before each chat reply, slept without blocking, so concurrent
+            requests overlap.
+        model: the model reported by ``/v1/models`` and when a request names none.
+        port: 0 for an ephemeral port.
+
+    Attributes:
+        requests: every request received, in order (faulted ones included).
+    """
+
+    def __init__(
+        self,
+        reply: ServerReply | None = None,
+        *,
+        latency: float = 0.0,
+        model: str = "fake-model",
+        port: int = 0,
+    ) -> None:
+        self._reply = reply or _echo
+        self.latency = latency
+        self.model = model
+        self._port = port
+        self.requests: list[RecordedRequest] = []
+        self._faults: deque[_Fault] = deque()
+        self._open = self._total = 0
+        self._thread: threading.Thread | None = None
+        self._portal: BlockingPortal | None = None
+
+    # --- lifecycle, from any thread -----------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start serving in a background thread; returns once the port is bound.
+
+        The thread is a daemon: a script that forgets :meth:`stop` still exits.
+        """
+        if self._thread is not None:
+            raise RuntimeError("FakeChatServer is already running")
+        started: Future[int] = Future()
+        thread = threading.Thread(
+            target=anyio.run, args=(self._main, started), name="FakeChatServer", daemon=True
+        )
+        thread.start()
+        self._port = started.result()
+        self._thread = thread
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and the listener, and end the thread; idempotent."""
+        thread, portal = self._thread, self._portal
+        self._thread = self._portal = None
+        if portal is not None:
+            portal.call(portal.stop, True)
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The API root to give a provider, e.g. ``http://127.0.0.1:54321/v1``."""
+        if self._thread is None:
+            raise RuntimeError("FakeChatServer is not running; call start() or use `with`")
+        return f"http://{_HOST}:{self._port}/v1"
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (to prove that none leaks)."""
+        return self._open
+
+    @property
+    def total_connections(self) -> int:
+        """Client connections accepted so far (to prove that keep-alive reuses them)."""
+        return self._total
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def respond_next(
+        self,
+        status: int,
+        *,
+        body: str | bytes | Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` chat requests with this status, headers and body.
+
+        The body defaults to an OpenAI-style error object; a mapping is sent as JSON, a str or
+        bytes as is (e.g. HTML with status 200). Example: ``respond_next(429,
+        headers={"retry-after": "1"}, times=2)``.
+        """
+        if body is None:
+            body = {"error": {"message": f"injected status {status}", "type": "fake_error"}}
+        data = json.dumps(body).encode() if isinstance(body, Mapping) else body
+        fault = _Fault(
+            status, dict(headers or {}), data.encode() if isinstance(data, str) else data
+        )
+        self._faults.extend([fault] * times)
+
+    def truncate_next(self, times: int = 1) -> None:
+        """Answer the next ``times`` chat requests with a 200 whose body is cut off mid-way.
+
+        The ``Content-Length`` promises more than is sent, then the connection is closed.
+        """
+        self._faults.extend([_Fault(cut=True)] * times)
+
+    # --- serving, in the server's thread -------------------------------------------------
+
+    async def _main(self, started: Future[int]) -> None:
+        """The server thread's whole life: bind, report the port, serve until stopped."""
+        try:
+            listener = await anyio.create_tcp_listener(local_host=_HOST, local_port=self._port)
+        except BaseException as err:
+            started.set_exception(err)
+            raise
+        async with listener, BlockingPortal() as portal, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, self._serve_connection)
+            self._portal = portal
+            started.set_result(listener.extra(anyio.abc.SocketAttribute.local_port))
+            await portal.sleep_until_stopped()
+            tg.cancel_scope.cancel()
+
+    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        self._open += 1
+        self._total += 1
+        conn = h11.Connection(h11.SERVER)
+        try:
+            async with stream:
+                while await self._serve_request(conn, stream):
+                    conn.start_next_cycle()
+        except _GONE:
+            pass  # the client went away mid-exchange
+        finally:
+            self._open -= 1
+
+    async def _serve_request(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> bool:
+        """Read one request and answer it; False when the connection must close."""
+        request = await _next_event(conn, stream)
+        if not isinstance(request, h11.Request):
+            return False
+        body = bytearray()
+        while not isinstance(event := await _next_event(conn, stream), h11.EndOfMessage):
+            if not isinstance(event, h11.Data):
+                return False
+            body += event.data
+        method, path = request.method.decode(), request.target.decode()
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        headers = {name.decode().lower(): value.decode() for name, value in request.headers}
+        self.requests.append(RecordedRequest(method, path, headers, parsed))
+
+        if (method, path) == ("GET", "/v1/models"):
+            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            await self._send(conn, stream, 200, models)
+        elif (method, path) != ("POST", "/v1/chat/completions"):
+            await self._send(conn, stream, 404, _error(f"no route for {method} {path}"))
+        else:
+            if self.latency:
+                await anyio.sleep(self.latency)
+            fault = self._faults.popleft() if self._faults else None
+            if fault is not None and fault.cut:
+                await self._send_cut(conn, stream)
+                return False
+            if fault is not None:
+                await self._send(conn, stream, fault.status, fault.body, fault.headers)
+            elif not isinstance(parsed, dict):
+                await self._send(conn, stream, 400, _error("the body is not a JSON object"))
+            else:
+                await self._send_completion(conn, stream, parsed)
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _send_completion(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, body: dict[str, Any]
+    ) -> None:
+        try:
+            reply = self._reply(body)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except Exception as err:
+            await self._send(conn, stream, 500, _error(f"reply function failed: {err!r}"))
+            return
+        if isinstance(reply, str):
+            n = len(self.requests)
+            prompt_tokens = len(json.dumps(body.get("messages", []))) // 4
+            reply = {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(reply) // 4,
+                    "total_tokens": prompt_tokens + len(reply) // 4,
+                },
+            }
+        await self._send(
+            conn, stream, 200, reply, {"x-request-id": f"req-fake-{len(self.requests)}"}
+        )
+
+    async def _send(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.SocketStream,
+        status: int,
+        body: bytes | dict[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        head = {"content-type": "application/json", **(headers or {})}
+        head["content-length"] = str(len(data))
+        await stream.send(conn.send(h11.Response(status_code=status, headers=list(head.items()))))
+        await stream.send(conn.send(h11.Data(data=data)))
+        await stream.send(conn.send(h11.EndOfMessage()))
+
+    async def _send_cut(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> None:
+        length = str(len(_CUT_BODY) * 2)
+        head = [("content-type", "application/json"), ("content-length", length)]
+        await stream.send(conn.send(h11.Response(status_code=200, headers=head)))
+        await stream.send(conn.send(h11.Data(data=_CUT_BODY)))
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "fake_error"}}

@@ -1,0 +1,300 @@
+"""Faults, with real processes: each one is reported, contained, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from repl_helpers import open_fds, process_state, running, wait_not_running
+
+from rlm_sdk import WorkerCrashedError, WorkerProtocolError, WorkerStartError
+from rlm_sdk.repl import REPLSession, _client
+
+pytestmark = pytest.mark.integration
+
+SWALLOW_INTERRUPTS = """
+while True:
+    try:
+        while True:
+            pass
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+async def test_infinite_loop_is_interrupted_and_state_kept() -> None:
+    """A cell looping forever gets KeyboardInterrupt at its deadline; variables survive."""
+    async with REPLSession(cell_timeout=0.5) as repl:
+        await repl.run_cell("kept = 41")
+        pid = repl.pid
+        started = time.perf_counter()
+        result = await repl.run_cell("while True:\n    pass")
+        assert 0.4 < time.perf_counter() - started < 1.4
+        assert result.timed_out
+        assert not result.restarted
+        assert result.error is not None
+        assert result.error.type == "KeyboardInterrupt"
+        assert "time limit of 0.5 s" in result.error.message
+        assert "variables are kept" in result.error.message
+        assert repl.pid == pid
+        assert (await repl.run_cell("kept + 1")).stdout == "42\n"
+
+
+async def test_loop_swallowing_interrupts_is_killed_and_restarted() -> None:
+    """A cell that ignores KeyboardInterrupt is killed after the grace; the result says so."""
+    async with REPLSession("ctx", cell_timeout=0.3) as repl:
+        await repl.run_cell("lost = 1")
+        pid = repl.pid
+        assert pid is not None
+        result = await repl.run_cell(SWALLOW_INTERRUPTS)
+        assert result.timed_out
+        assert result.restarted
+        assert result.error is not None
+        assert result.error.type == "TimeoutError"
+        assert "variables were lost" in result.error.message
+        assert repl.restarts == 1
+        assert repl.pid != pid
+        assert wait_not_running(pid)
+        after = await repl.run_cell("print(context)\n'lost' in dir()")
+        assert after.stdout == "ctx\nFalse\n"
+        assert not after.restarted
+
+
+async def test_os_exit_is_reported_and_the_session_continues() -> None:
+    """os._exit(3) in a cell is a WorkerDied error with the exit code; the next cell works."""
+    async with REPLSession("ctx") as repl:
+        result = await repl.run_cell("import os\nos._exit(3)")
+        assert result.restarted
+        assert result.error is not None
+        assert result.error.type == "WorkerDied"
+        assert "exited with code 3" in result.error.message
+        assert (await repl.run_cell("context")).stdout == "'ctx'\n"
+
+
+async def test_segfault_is_reported_with_the_faulthandler_trace() -> None:
+    """A ctypes segfault kills the worker: reported with the signal and the Python stack."""
+    async with REPLSession() as repl:
+        result = await repl.run_cell("import ctypes\nctypes.string_at(0)")
+        assert result.restarted
+        assert result.error is not None
+        assert result.error.type == "WorkerDied"
+        assert "SIGSEGV" in result.error.message
+        assert "Segmentation fault" in result.error.traceback
+        assert (await repl.run_cell("1 + 1")).stdout == "2\n"
+
+
+async def test_worker_dying_between_cells_is_noticed() -> None:
+    """A worker that died while idle is restarted before the next cell, with a notice."""
+    async with REPLSession() as repl:
+        await repl.run_cell(
+            "import os, threading\nthreading.Timer(0.1, lambda: os._exit(5)).start()\nx = 1"
+        )
+        await anyio.sleep(0.5)
+        result = await repl.run_cell("'x' in dir()")
+        assert result.stdout == "False\n"
+        assert result.restarted
+        assert result.notice is not None
+        assert "exited with code 5" in result.notice
+
+
+async def test_memory_bomb_gets_memory_error_and_worker_survives() -> None:
+    """Allocating past the memory limit raises MemoryError in the cell; the worker lives on."""
+    async with REPLSession(memory_limit=512 * 1024**2) as repl:
+        pid = repl.pid
+        huge = await repl.run_cell("x = bytearray(4 * 1024**3)")
+        assert huge.error is not None
+        assert huge.error.type == "MemoryError"
+        gradual = await repl.run_cell(
+            "def bomb():\n    hoard = []\n    while True:\n        hoard.append(bytearray(10**7))\nbomb()"
+        )
+        assert gradual.error is not None
+        assert gradual.error.type == "MemoryError" or gradual.restarted
+        assert (await repl.run_cell("len(bytearray(10**7))")).stdout == "10000000\n"
+        assert gradual.restarted or repl.pid == pid
+
+
+async def test_grandchild_process_is_killed_on_close() -> None:
+    """A process the cell started and left sleeping dies with the session."""
+    async with REPLSession() as repl:
+        result = await repl.run_cell(
+            "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)"
+        )
+        child = int(result.stdout)
+        worker = repl.pid
+        assert running(child)
+    assert worker is not None
+    assert wait_not_running(child)
+    assert wait_not_running(worker)
+
+
+async def test_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    """When the parent process is SIGKILLed, its worker dies too (no orphan)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import anyio, sys
+            from rlm_sdk.repl import REPLSession
+
+            async def main():
+                async with REPLSession() as repl:
+                    await repl.wait_ready()
+                    print(repl.pid, flush=True)
+                    await anyio.sleep(60)
+
+            anyio.run(main)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close() if parent.stdout else None
+    assert wait_not_running(worker)
+
+
+async def test_provider_keys_do_not_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's environment is an allowlist plus explicit extras; keys never get there."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("SOME_TOKEN", "secret")
+    async with REPLSession(env={"EXTRA_SETTING": "on"}) as repl:
+        result = await repl.run_cell(
+            "import os\nprint(sorted(os.environ))\nprint(os.environ['TMPDIR'])"
+        )
+        names, tmpdir = result.stdout.splitlines()
+        assert "OPENAI_API_KEY" not in names
+        assert "SOME_TOKEN" not in names
+        assert "EXTRA_SETTING" in names
+        assert "sk-secret" not in result.stdout
+        assert tmpdir == (await repl.run_cell("print(os.getcwd())")).stdout.strip()
+
+
+async def test_garbage_on_the_channel_is_a_protocol_error() -> None:
+    """A cell writing junk to the protocol pipe raises WorkerProtocolError and is killed."""
+    junk = (
+        "import fcntl, os\n"
+        "for name in os.listdir('/proc/self/fd'):\n"
+        "    fd = int(name)\n"
+        "    try:\n"
+        "        pipe = os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:')\n"
+        "        if fd > 2 and pipe and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
+        "            os.write(fd, b'\\xff\\xff\\xff\\xffgarbage')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "import time; time.sleep(5)"
+    )
+    async with REPLSession() as repl:
+        pid = repl.pid
+        assert pid is not None
+        with pytest.raises(WorkerProtocolError, match="frame"):
+            await repl.run_cell(junk)
+        assert wait_not_running(pid)
+        after = await repl.run_cell("1 + 1")
+        assert after.stdout == "2\n"
+        assert after.restarted
+
+
+async def test_cancellation_mid_cell_returns_promptly_and_kills_the_worker() -> None:
+    """Cancelling run_cell kills the worker at once; the next cell gets a fresh one."""
+    async with REPLSession() as repl:
+        result = await repl.run_cell(
+            "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)"
+        )
+        child = int(result.stdout)
+        pid = repl.pid
+        assert pid is not None
+        started = time.perf_counter()
+        with anyio.move_on_after(0.3):
+            await repl.run_cell("import time\ntime.sleep(30)")
+        assert time.perf_counter() - started < 1.5
+        assert not running(pid)
+        assert wait_not_running(child)
+        after = await repl.run_cell("1")
+        assert after.stdout == "1\n"
+        assert after.restarted
+
+
+async def test_fifty_sessions_at_once_leak_no_descriptors_or_processes() -> None:
+    """50 workers opened and closed concurrently leave fds and children as they were."""
+    async with REPLSession() as warmup:
+        await warmup.run_cell("1")
+    before = open_fds()
+    pids: list[int] = []
+
+    async def one(index: int) -> None:
+        async with REPLSession(f"context {index}", start_timeout=30) as repl:
+            result = await repl.run_cell("context")
+            assert result.stdout == f"'context {index}'\n"
+            assert repl.pid is not None
+            pids.append(repl.pid)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(50):
+            tg.start_soon(one, index)
+    await anyio.sleep(0.1)
+    assert open_fds() == before
+    assert len(set(pids)) == 50
+    assert all(process_state(pid) is None for pid in pids)  # gone and reaped, no zombies
+
+
+async def test_start_failure_is_a_worker_start_error_with_stderr(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A worker that dies at startup raises WorkerStartError carrying the end of its stderr."""
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys\nsys.stderr.write('cannot start: no luck\\n')\nsys.exit(7)\n")
+    monkeypatch.setattr(_client, "WORKER_PATH", str(broken))
+    async with REPLSession() as repl:
+        with pytest.raises(WorkerStartError, match="no luck") as caught:
+            await repl.wait_ready()
+        assert "code 7" in str(caught.value)
+
+
+async def test_start_timeout_is_a_worker_start_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A worker that never shakes hands fails wait_ready at start_timeout and is killed."""
+    silent = tmp_path / "silent_worker.py"
+    silent.write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(_client, "WORKER_PATH", str(silent))
+    async with REPLSession(start_timeout=0.3) as repl:
+        pid = repl.pid
+        assert pid is not None
+        with pytest.raises(WorkerStartError, match=r"within 0\.3 s"):
+            await repl.run_cell("1")
+        assert wait_not_running(pid)
+
+
+async def test_failed_restart_is_a_worker_crashed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the worker dies and a new one cannot start, run_cell raises WorkerCrashedError."""
+    async with REPLSession() as repl:
+        await repl.wait_ready()
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+        with pytest.raises(WorkerCrashedError, match="could not be restarted"):
+            await repl.run_cell("import os\nos._exit(1)")
+        with pytest.raises(WorkerCrashedError):
+            await repl.run_cell("1")
+
+
+async def test_sigint_outside_a_cell_is_ignored() -> None:
+    """An interrupt that arrives while no cell runs does not disturb the worker."""
+    async with REPLSession() as repl:
+        await repl.run_cell("x = 1")
+        assert repl.pid is not None
+        os.kill(repl.pid, signal.SIGINT)
+        await anyio.sleep(0.1)
+        result = await repl.run_cell("x")
+        assert result.stdout == "1\n"
+        assert not result.restarted

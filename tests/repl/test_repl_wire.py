@@ -1,0 +1,132 @@
+"""The wire format and the worker's building blocks, in-process (no worker started)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from pydantic import ValidationError
+
+import rlm_sdk.repl
+from rlm_sdk.repl import _worker
+from rlm_sdk.repl._types import WORKER_FRAMES, CallFrame, ResultFrame
+
+
+@pytest.fixture
+def memfd() -> Iterator[int]:
+    fd = os.memfd_create("test-context", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    yield fd
+    os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        None,
+        "",
+        "ascii",
+        "ünïcödé ✓ \U0001f600 \ud800",
+        "x" * (3 * 4 * 1024 * 1024 + 17),
+        b"",
+        b"\x00\x01\xff",
+        bytearray(b"mutable"),
+        [],
+        [""],
+        ["a", "", "b"],
+        ["has\x00nul", "", "x\x00"],
+        [f"line {i}" for i in range(10_000)],
+        [1, "mixed", None],
+        {"k": {"nested": [1.5, True]}},
+    ],
+)
+def test_context_layouts_round_trip(memfd: int, context: object) -> None:
+    """write_context and load_context agree on every kind (bytes-likes come back as bytes)."""
+    descriptor = _worker.write_context(memfd, context)
+    loaded = _worker.load_context(memfd, descriptor)
+    expected = bytes(context) if isinstance(context, bytearray) else context
+    assert loaded == expected
+    assert type(loaded) is type(expected)
+
+
+def test_list_of_str_avoids_json(memfd: int) -> None:
+    """A list of strings is laid out as joined text (no JSON escaping), with lengths if needed."""
+    plain = _worker.write_context(memfd, ['a"b', "c\\d"])
+    assert plain == {"kind": "lines", "nbytes": 7, "count": 2, "lengths": False}
+    assert os.pread(memfd, 100, 0) == b'a"b\x00c\\d'
+
+
+def test_frames_are_length_prefixed_json() -> None:
+    """A frame is a 4-byte big-endian length and compact UTF-8 JSON; NaN is refused."""
+    frame = _worker.encode_frame({"type": "x", "text": "é"})
+    assert frame[:4] == (len(frame) - 4).to_bytes(4, "big")
+    assert frame[4:] == '{"type":"x","text":"é"}'.encode()
+    assert _worker.frame_size(frame[:4]) == len(frame) - 4
+    with pytest.raises(ValueError, match="JSON"):
+        _worker.encode_frame({"type": "x", "value": float("nan")})
+
+
+def test_oversized_frames_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message larger than MAX_FRAME_SIZE cannot be encoded."""
+    monkeypatch.setattr(_worker, "MAX_FRAME_SIZE", 64)
+    with pytest.raises(_worker.FrameTooLargeError):
+        _worker.encode_frame({"type": "x", "text": "y" * 100})
+
+
+def test_worker_frames_are_validated() -> None:
+    """Frames from the worker must match a known type exactly; anything else is refused."""
+    call = WORKER_FRAMES.validate_json(
+        b'{"type":"call","id":1,"kind":"llm","prompts":["p"],"model":null,"batched":false}'
+    )
+    assert isinstance(call, CallFrame)
+    for bad in (
+        b"not json",
+        b'{"type":"call","id":1}',
+        b'{"type":"nope"}',
+        b'{"type":"hello","protocol":1,"pid":2,"extra":3}',
+        b'{"type":"call","id":1,"kind":"evil","prompts":[],"model":null,"batched":false}',
+    ):
+        with pytest.raises(ValidationError):
+            WORKER_FRAMES.validate_json(bad)
+    result = WORKER_FRAMES.validate_json(
+        b'{"type":"result","id":3,"stdout":"","stdout_cut":0,"stderr":"","stderr_cut":0,'
+        b'"error":{"type":"E","message":"m","traceback":"t"},"defined_names":[],"final_answer":null}'
+    )
+    assert isinstance(result, ResultFrame)
+    assert result.error is not None
+
+
+@pytest.mark.parametrize(
+    ("limit", "writes", "kept", "cut"),
+    [
+        (10, ["abc"], "abc", 0),
+        (10, ["0123456789"], "0123456789", 0),
+        (10, ["0123456789x"], "01234\n... [1 characters cut] ...\n6789x", 1),
+        (10, ["a"] * 30, "aaaaa\n... [20 characters cut] ...\naaaaa", 20),
+        (4, ["ab", "cd", "ef" * 100, "gh"], "ab\n... [202 characters cut] ...\ngh", 202),
+        (0, ["anything"], "\n... [8 characters cut] ...\n", 8),
+    ],
+)
+def test_sink_keeps_head_and_tail(limit: int, writes: list[str], kept: str, cut: int) -> None:
+    """The output sink keeps limit characters (head and tail) and counts the ones cut."""
+    sink = _worker._Sink(limit)
+    for text in writes:
+        sink.add(text)
+    assert sink.take() == (kept, cut)
+    assert sink.take() == ("", 0)
+
+
+def test_utf8_decoder_joins_split_characters() -> None:
+    """Multi-byte characters split across writes are decoded once they are complete."""
+    decoder = _worker._Utf8Decoder()
+    data = "é✓".encode()
+    assert decoder.decode(data[:1]) == ""
+    assert decoder.decode(data[1:3]) == "é"
+    assert decoder.decode(memoryview(data[3:])) == "✓"
+
+
+def test_public_names_are_exported_and_sorted() -> None:
+    """rlm_sdk.repl.__all__ is sorted and every name in it exists."""
+    names = rlm_sdk.repl.__all__
+    assert names == sorted(names)
+    assert all(hasattr(rlm_sdk.repl, name) for name in names)

@@ -1,0 +1,140 @@
+"""Shared pieces of the server tests: scripted models, a real server in a thread, Chromium's path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from rlm_sdk import CompletionRequest
+from rlm_sdk.server import ServerConfig, create_app, loopback_hosts
+from rlm_sdk.testing import ScriptedProvider
+
+CHROMIUM = os.environ.get("RLM_CHROMIUM", "/usr/bin/chromium")
+"""Debian's Chromium; read at import, before the hermetic fixture clears ``RLM_*``."""
+IN_CI = bool(os.environ.get("CI"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+ROOT = "scripted-root"
+SUB = "scripted-sub"
+ROOT_MARK = "[root]"
+"""Put in a query so the scripted model knows it is the root run (a child's query is None)."""
+F = "```"
+
+
+def repl(code: str, prose: str = "Let me look at the context.") -> str:
+    return f"{prose}\n{F}repl\n{code}\n{F}"
+
+
+def two_turn_policy(request: CompletionRequest) -> str:
+    """A root that runs one cell with an ``llm_query`` and then answers; sub-calls echo."""
+    messages = request.messages
+    if messages[0].role != "system":
+        return f"sub says: {messages[-1].content[:40]}"
+    if not any(m.role == "assistant" for m in messages):
+        return repl("print(len(context))\nprint(llm_query('Summarise: ' + context[:30]))")
+    return "I have it.\nFINAL(the answer is 42)"
+
+
+def nested_policy(request: CompletionRequest) -> str:
+    """The root calls ``rlm_query`` (a child run with its own REPL); the child calls ``llm_query``."""
+    messages = request.messages
+    if messages[0].role != "system":
+        return "a plain sub-call answer"
+    is_root = ROOT_MARK in messages[1].content
+    turns = sum(1 for m in messages if m.role == "assistant")
+    if is_root and turns == 0:
+        return repl(
+            "# count, then delegate\nn = len(context)\nprint(f'{n} characters')\n"
+            "found = rlm_query('Find the colour in: the sky is blue today')\nprint(found)"
+        )
+    if is_root:
+        return "The child found it.\nFINAL(blue)"
+    if turns == 0:
+        return repl(
+            "print(context[:60])\nprint(llm_query('Which colour? ' + context))", "Child here."
+        )
+    return "FINAL(blue)"
+
+
+def sleeping_policy(request: CompletionRequest) -> str:
+    """A root whose first cell sleeps far longer than any test waits."""
+    return repl("import time\nprint('sleeping')\ntime.sleep(60)", "This will take a while.")
+
+
+def repl_workers() -> set[int]:
+    """Pids of this process's REPL worker children (Linux ``/proc``; empty elsewhere)."""
+    pids: set[int] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_worker.py" in cmdline:
+                pids.add(int(pid))
+    return pids
+
+
+@dataclass
+class LiveServer:
+    """A running server: its base URL, port and the scripted provider behind it."""
+
+    url: str
+    port: int
+    provider: ScriptedProvider
+    config: ServerConfig
+
+
+@contextmanager
+def serve_in_thread(
+    provider: ScriptedProvider, *, models: list[str] | None = None, **config: Any
+) -> Iterator[LiveServer]:
+    """Run the app under uvicorn on 127.0.0.1:<ephemeral> in a background thread."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    cfg = ServerConfig(
+        models=models or [ROOT, SUB],
+        provider=provider,
+        allowed_hosts=loopback_hosts(port),
+        **config,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg),
+            log_level="warning",
+            ws="none",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        yield LiveServer(f"http://127.0.0.1:{port}", port, provider, cfg)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
