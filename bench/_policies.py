@@ -17,8 +17,9 @@ FANOUT = 32
 
 _FANOUT_CODE = f"""\
 ```repl
-size = -(-len(context) // {FANOUT})
-chunks = [context[i * size : (i + 1) * size] for i in range({FANOUT})]
+lines = context.split("\\n")
+size = -(-len(lines) // {FANOUT})
+chunks = ["\\n".join(lines[i * size : (i + 1) * size]) for i in range({FANOUT})]
 answers = llm_query_batched(["How many lines mention 'ember'? Reply with a number.\\n" + c for c in chunks])
 total = sum(int(a) for a in answers)
 print("total:", total)

@@ -18,9 +18,17 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -53,7 +61,7 @@ from ._events import (
 )
 from ._exceptions import ConfigurationError, LimitExceededError, RLMError
 from ._logging import get_logger
-from ._observe import retry_listener
+from ._observe import request_sent_listener, retry_listener
 from ._settings import load_settings
 from ._sync import run_sync
 from ._types import (
@@ -496,58 +504,89 @@ class RecursiveLM:
         async def handler(request: SubCallRequest) -> list[str]:
             return await self._handle_subcalls(run, request)
 
-        # The worker starts (and loads the context) while the first model call is in flight.
-        async with REPLSession(
-            context, handler=handler, tools=self.tools, cell_timeout=self.cell_timeout
-        ) as repl:
-            answer: str | None = None
-            reason: StopReason = "max_iterations"
-            for iteration in range(1, self.limits.max_iterations + 1):
-                run.emit(TurnStarted, iteration=iteration)
-                response = await self._call_model(run, run.model, messages, "turn")
-                turn = _turn_record(iteration, run.model, response)
-                run.trajectory.turns.append(turn)
-                parsed = proto.parse_reply(response.text)
-                code_final = await self._run_cells(run, repl, turn, parsed.code_blocks)
-                feedback: str | None = None
-                if code_final is not None:
-                    answer, reason = code_final, "final_var"
-                elif parsed.final is not None and parsed.final.kind == "var":
-                    value = await repl.get_variable(parsed.final.value)
-                    if value is None:
-                        feedback = proto.unknown_variable_feedback(
-                            parsed.final.value, await repl.list_variables()
-                        )
-                    else:
-                        answer, reason = value, "final_var"
-                elif parsed.final is not None:
-                    answer, reason = parsed.final.value, "final_answer"
-                if answer is not None:
-                    turn.final_answer = answer
-                    run.emit(TurnFinished, iteration=iteration, final_answer=answer)
-                    break
-                if feedback is None:
-                    feedback = (
-                        proto.format_cell_feedback(
-                            [_cell_view(c) for c in turn.cells],
-                            parsed.problems,
-                            limit=self.output_limit,
-                        )
-                        if turn.cells
-                        else proto.no_code_reminder(parsed.problems)
-                    )
-                turn.feedback = feedback
-                run.emit(TurnFinished, iteration=iteration, feedback=feedback)
-                messages.append(ChatMessage(role="assistant", content=response.text))
-                messages.append(ChatMessage(role="user", content=feedback))
-            else:
-                answer = await self._final_call(run, repl, messages)
-                reason = "max_iterations"
+        # The first request goes out before the worker is forked and the context encoded, so
+        # both happen while the model thinks instead of delaying it.
+        run.emit(TurnStarted, iteration=1)
+        first = _Pending[CompletionResponse]()
+        with _single_errors():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first.run, self._first_call(run, messages, first.sent))
+                with anyio.move_on_after(_FIRST_SEND_WAIT):
+                    await first.sent.wait()
+                async with REPLSession(
+                    context, handler=handler, tools=self.tools, cell_timeout=self.cell_timeout
+                ) as repl:
+                    answer, reason = await self._turns(run, repl, messages, first)
         run.emit(FinalAnswer, answer=answer or "", source=reason)
         result = self._result(run, answer, reason, started)
         run.emit(RunFinished, result=result)
         log.info("rlm.run_finished", stop_reason=reason, iterations=result.iterations)
         return result
+
+    async def _first_call(
+        self, run: _Run, messages: list[ChatMessage], sent: anyio.Event
+    ) -> CompletionResponse:
+        token = request_sent_listener.set(sent.set)
+        try:
+            return await self._call_model(run, run.model, messages, "turn")
+        finally:
+            request_sent_listener.reset(token)
+
+    async def _turns(
+        self,
+        run: _Run,
+        repl: REPLSession,
+        messages: list[ChatMessage],
+        first: _Pending[CompletionResponse],
+    ) -> tuple[str | None, StopReason]:
+        """The turn loop; returns the answer and why the run ended."""
+        answer: str | None = None
+        reason: StopReason = "max_iterations"
+        for iteration in range(1, self.limits.max_iterations + 1):
+            if iteration == 1:
+                response = await first.result()
+            else:
+                run.emit(TurnStarted, iteration=iteration)
+                response = await self._call_model(run, run.model, messages, "turn")
+            turn = _turn_record(iteration, run.model, response)
+            run.trajectory.turns.append(turn)
+            parsed = proto.parse_reply(response.text)
+            code_final = await self._run_cells(run, repl, turn, parsed.code_blocks)
+            feedback: str | None = None
+            if code_final is not None:
+                answer, reason = code_final, "final_var"
+            elif parsed.final is not None and parsed.final.kind == "var":
+                value = await repl.get_variable(parsed.final.value)
+                if value is None:
+                    feedback = proto.unknown_variable_feedback(
+                        parsed.final.value, await repl.list_variables()
+                    )
+                else:
+                    answer, reason = value, "final_var"
+            elif parsed.final is not None:
+                answer, reason = parsed.final.value, "final_answer"
+            if answer is not None:
+                turn.final_answer = answer
+                run.emit(TurnFinished, iteration=iteration, final_answer=answer)
+                break
+            if feedback is None:
+                feedback = (
+                    proto.format_cell_feedback(
+                        [_cell_view(c) for c in turn.cells],
+                        parsed.problems,
+                        limit=self.output_limit,
+                    )
+                    if turn.cells
+                    else proto.no_code_reminder(parsed.problems)
+                )
+            turn.feedback = feedback
+            run.emit(TurnFinished, iteration=iteration, feedback=feedback)
+            messages.append(ChatMessage(role="assistant", content=response.text))
+            messages.append(ChatMessage(role="user", content=feedback))
+        else:
+            answer = await self._final_call(run, repl, messages)
+            reason = "max_iterations"
+        return answer, reason
 
     async def _run_cells(
         self, run: _Run, repl: REPLSession, turn: TurnRecord, blocks: Sequence[str]
@@ -622,7 +661,11 @@ class RecursiveLM:
 
         def on_retry(provider_name: str, attempt: int, delay_s: float, reason: str) -> None:
             run.emit(
-                RetryScheduled, provider=provider_name, attempt=attempt, delay_s=delay_s, reason=reason
+                RetryScheduled,
+                provider=provider_name,
+                attempt=attempt,
+                delay_s=delay_s,
+                reason=reason,
             )
 
         token = retry_listener.set(on_retry)
@@ -733,6 +776,53 @@ class RecursiveLM:
             cost=record.cost,
         )
         return record.response
+
+
+_FIRST_SEND_WAIT = 0.05
+"""Seconds the worker's start waits for the first request to be written (providers that
+cannot tell when that happens just cost this much delay, hidden behind the model's latency)."""
+
+T = TypeVar("T")
+
+
+class _Pending(Generic[T]):
+    """The outcome of a coroutine run as a task: awaited later, errors kept for the awaiter."""
+
+    def __init__(self) -> None:
+        self.sent = anyio.Event()
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: Exception | None = None
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> None:
+        try:
+            self._value = await coro
+        except Exception as err:  # handed to whoever awaits the result
+            self._error = err
+        finally:
+            self.sent.set()
+            self._done.set()
+
+    async def result(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    """Let one error out of a task group as itself, not wrapped in an exception group."""
+    inner: BaseException | None = None
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+    if inner is not None:
+        raise inner
 
 
 def _turn_record(iteration: int, model: str, response: CompletionResponse) -> TurnRecord:

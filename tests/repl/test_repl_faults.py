@@ -153,7 +153,10 @@ async def test_worker_dies_with_its_parent(tmp_path: Path) -> None:
             """
         )
     )
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # a killed parent cannot remove its directory
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
@@ -181,16 +184,20 @@ async def test_provider_keys_do_not_reach_the_worker(monkeypatch: pytest.MonkeyP
         assert tmpdir == (await repl.run_cell("print(os.getcwd())")).stdout.strip()
 
 
-async def test_garbage_on_the_channel_is_a_protocol_error() -> None:
-    """A cell writing junk to the protocol pipe raises WorkerProtocolError and is killed."""
-    junk = (
+@pytest.mark.parametrize(
+    ("junk", "message"),
+    [(b"\xff\xff\xff\xffgarbage", "byte frame"), (b"\x00\x00\x00\x05hello", "invalid frame")],
+)
+async def test_garbage_on_the_channel_is_a_protocol_error(junk: bytes, message: str) -> None:
+    """Junk written to the protocol pipe (oversized or not JSON) raises WorkerProtocolError."""
+    code = (
         "import fcntl, os\n"
         "for name in os.listdir('/proc/self/fd'):\n"
         "    fd = int(name)\n"
         "    try:\n"
         "        pipe = os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:')\n"
         "        if fd > 2 and pipe and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
-        "            os.write(fd, b'\\xff\\xff\\xff\\xffgarbage')\n"
+        f"            os.write(fd, {junk!r})\n"
         "    except OSError:\n"
         "        pass\n"
         "import time; time.sleep(5)"
@@ -198,8 +205,8 @@ async def test_garbage_on_the_channel_is_a_protocol_error() -> None:
     async with REPLSession() as repl:
         pid = repl.pid
         assert pid is not None
-        with pytest.raises(WorkerProtocolError, match="frame"):
-            await repl.run_cell(junk)
+        with pytest.raises(WorkerProtocolError, match=message):
+            await repl.run_cell(code)
         assert wait_not_running(pid)
         after = await repl.run_cell("1 + 1")
         assert after.stdout == "2\n"
@@ -262,6 +269,14 @@ async def test_start_failure_is_a_worker_start_error_with_stderr(
         assert "code 7" in str(caught.value)
 
 
+async def test_context_that_cannot_be_encoded_is_a_worker_start_error() -> None:
+    """A dict context holding a non-JSON value fails readiness with the encoding error as cause."""
+    async with REPLSession({"key": object()}) as repl:
+        with pytest.raises(WorkerStartError, match="could not be prepared") as caught:
+            await repl.run_cell("1")
+        assert isinstance(caught.value.__cause__, TypeError)
+
+
 async def test_start_timeout_is_a_worker_start_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -286,6 +301,35 @@ async def test_failed_restart_is_a_worker_crashed_error(monkeypatch: pytest.Monk
             await repl.run_cell("import os\nos._exit(1)")
         with pytest.raises(WorkerCrashedError):
             await repl.run_cell("1")
+
+
+async def test_resource_limits_are_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker runs under RLIMIT_AS, RLIMIT_FSIZE (EFBIG, not death) and RLIMIT_CORE=0."""
+    monkeypatch.setattr(_client, "DEFAULT_WORKER_FILE_SIZE_LIMIT", 1_000_000)
+    async with REPLSession(memory_limit=768 * 1024**2) as repl:
+        limits = await repl.run_cell(
+            "import resource as r\n"
+            "print(r.getrlimit(r.RLIMIT_AS), r.getrlimit(r.RLIMIT_FSIZE), r.getrlimit(r.RLIMIT_CORE))"
+        )
+        assert limits.stdout == f"{(768 * 1024**2,) * 2} (1000000, 1000000) (0, 0)\n"
+        big_file = await repl.run_cell("open('big', 'wb').write(b'x' * 2_000_000)")
+        assert big_file.error is not None
+        assert "File too large" in big_file.error.message
+        assert not big_file.restarted
+
+
+async def test_a_cell_replacing_the_sigint_handler_still_times_out_cleanly() -> None:
+    """A cell that ignores SIGINT is killed at the deadline; the next cell has the handler back."""
+    async with REPLSession(cell_timeout=0.3) as repl:
+        ignored = await repl.run_cell(
+            "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(5)"
+        )
+        assert ignored.restarted
+        await repl.run_cell("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)")
+        looping = await repl.run_cell("while True:\n    pass")
+        assert looping.error is not None
+        assert looping.error.type == "KeyboardInterrupt"
+        assert not looping.restarted
 
 
 async def test_sigint_outside_a_cell_is_ignored() -> None:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import anyio
 import httpx
 import openai
 import pytest
 
 from rlm_sdk import InternalServerError
 from rlm_sdk.testing import ScriptedProvider
-from tests.server.helpers import ROOT, SUB, LiveServer, two_turn_policy
+from tests.server.helpers import (
+    ROOT,
+    SUB,
+    LiveServer,
+    repl_workers,
+    sleeping_policy,
+    two_turn_policy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +184,31 @@ async def test_streaming_failure_arrives_as_an_error_event(live_server: StartSer
         with pytest.raises(openai.APIError, match="upstream down"):
             async for _chunk in stream:
                 pass
+
+
+async def test_a_client_that_leaves_cancels_its_run(live_server: StartServer) -> None:
+    """When the HTTP client disconnects mid-run, the run is cancelled and its REPL worker stops."""
+    server = live_server(ScriptedProvider(sleeping_policy))
+    before = repl_workers()
+    seen: set[int] = set()
+
+    async def watch_workers() -> None:
+        while True:
+            seen.update(repl_workers() - before)
+            await anyio.sleep(0.05)
+
+    timeout = httpx.Timeout(30, read=1.5)
+    async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as http:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_workers)
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(
+                    "/v1/chat/completions",
+                    json={"model": f"rlm:{ROOT}", "messages": [{"role": "user", "content": "q"}]},
+                )
+            tg.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        while repl_workers() & seen:
+            await anyio.sleep(0.05)
+    assert seen or not Path("/proc/self/task").exists()  # the sleeping cell's worker existed
+    assert len(server.provider.requests) == 1

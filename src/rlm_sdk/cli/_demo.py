@@ -16,44 +16,12 @@ __all__ = ["NIAH_QUERY", "make_haystack", "niah_policy"]
 
 NIAH_QUERY = "I'm looking for a magic number. What is it?"
 
-_WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "ember",
-    "lantern",
-    "meadow",
-    "copper",
-    "violet",
-    "harbor",
-    "quiet",
-    "thunder",
-    "pepper",
-    "marble",
-    "orbit",
-    "willow",
-    "canyon",
-    "falcon",
-    "velvet",
-    "cinder",
-    "maple",
-    "frost",
-    "garnet",
-    "island",
-    "jasper",
-    "kettle",
-    "lemon",
-    "mosaic",
-    "nectar",
-    "onyx",
-    "pillow",
-    "quartz",
-    "raven",
-    "saffron",
-    "tundra",
-    "umber",
-]
+_WORDS = (
+    "apple river stone cloud ember lantern meadow copper violet harbor quiet thunder "
+    "pepper marble orbit willow canyon falcon velvet cinder maple frostbite garnet island "
+    "jasper kettle lemon mosaic nectar obsidian pillow quartz ravenous saffron tundra "
+    "umber informal wander"
+).split()
 
 
 def make_haystack(lines: int = 1_000_000, *, seed: int | None = None) -> tuple[str, int]:
@@ -64,8 +32,8 @@ def make_haystack(lines: int = 1_000_000, *, seed: int | None = None) -> tuple[s
     """
     rng = random.Random(seed)
     number = rng.randrange(1_000_000, 10_000_000)
-    choices = rng.choices
-    body = [" ".join(choices(_WORDS, k=5)) for _ in range(lines)]
+    choices, randint = rng.choices, rng.randint
+    body = [" ".join(choices(_WORDS, k=randint(3, 8))) for _ in range(lines)]
     body[rng.randrange(int(lines * 0.4), max(int(lines * 0.6), int(lines * 0.4) + 1))] = (
         f"The magic number is {number}"
     )

@@ -56,7 +56,7 @@ from rlm_sdk._exceptions import (
     RateLimitError,
 )
 from rlm_sdk._logging import get_logger
-from rlm_sdk._observe import notify_retry
+from rlm_sdk._observe import notify_request_sent, notify_retry
 
 from ._types import CompletionRequest, CompletionResponse
 
@@ -149,6 +149,12 @@ def _describe(err: Exception) -> str:
     if type(err) is ValueError:
         return str(err)
     return f"{type(err).__name__}: {err}"
+
+
+async def _trace(event: str, info: dict[str, Any]) -> None:
+    """httpcore's trace hook: report when the request body is on the wire."""
+    if event.endswith("send_request_body.complete"):
+        notify_request_sent()
 
 
 class HTTPProvider(ABC):
@@ -315,7 +321,11 @@ class HTTPProvider(ABC):
         try:
             async with self._in_flight():
                 return await self._client().post(
-                    url, json=body, headers=headers, timeout=self._httpx_timeout
+                    url,
+                    json=body,
+                    headers=headers,
+                    timeout=self._httpx_timeout,
+                    extensions={"trace": _trace},
                 )
         except httpx.TimeoutException as err:
             raise APITimeoutError(

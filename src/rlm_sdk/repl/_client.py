@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -296,7 +296,11 @@ class REPLSession:
                 self._descriptor = {"kind": "none", "nbytes": 0}
                 self._prepared.set()
             else:
-                self._memfd = os.memfd_create("rlm-context", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+                try:
+                    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+                    self._memfd = os.memfd_create("rlm-context", flags)
+                except OSError as exc:
+                    raise WorkerStartError(f"could not create the context memfd: {exc}") from exc
                 self._tg.start_soon(self._prepare_context, self._memfd)
             await self._spawn()
         except BaseException:
@@ -402,7 +406,7 @@ class REPLSession:
         return self._worker
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self) -> Any:
+    async def _exclusive(self) -> AsyncIterator[None]:
         self._current()
         assert self._lock is not None
         async with self._lock:
@@ -461,6 +465,7 @@ class REPLSession:
             self._broken = f"the REPL worker stopped ({reason}) and could not be restarted: {exc}"
             self._log.error("rlm.worker_restart_failed", old_pid=old.pid, reason=reason)
             raise WorkerCrashedError(self._broken) from exc
+        self._broken = None
         self._log.warning(
             "rlm.worker_restarted",
             old_pid=old.pid,
@@ -777,7 +782,7 @@ def _write_sealed(fd: int, context: object) -> dict[str, Any]:
 
 def _default_memory_limit(descriptor: Mapping[str, Any]) -> int:
     """Room for the context, a few working copies of it, and the interpreter."""
-    factor = 4 if descriptor["kind"] in ("none", "str", "bytes") else 8
+    factor = {"lines": 8, "json": 16}.get(descriptor["kind"], 4)  # Python objects vs. bytes
     return max(MIN_WORKER_MEMORY, factor * int(descriptor["nbytes"]) + 1024**3)
 
 

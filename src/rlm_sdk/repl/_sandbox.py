@@ -30,15 +30,16 @@ The layers, in the order :func:`apply_sandbox` applies them:
     it may open) but loses the powers of root: mounting, loading modules, rebooting, reading
     any file regardless of its mode.
 ``landlock_fs:abiN``
-    Landlock (the kernel's unprivileged access control) makes the whole file system read-only
-    or invisible: read-write in the working directory and the temp directory; read-only on
-    the Python installation, ``sys.path``, ``/usr``, ``/lib``, ``/bin``, a short list of
-    ``/etc`` files (not ``/etc`` itself: it holds host keys and ``shadow``), a few ``/dev``
-    nodes and the policy's ``readable_paths``. ``/proc`` and ``/sys`` are not granted at all,
-    and Landlock's ptrace rule blocks ``/proc/<pid>/environ`` of any process outside the
-    sandbox even where ``/proc`` is readable. Programs can be executed only when the policy
-    allows subprocesses. Already open descriptors (the protocol channel, the context memfd)
-    keep working. Does not hide the names of files (path walks and ``stat`` are allowed).
+    Landlock (the kernel's unprivileged access control) closes the file system except for:
+    read-write, the working directory and the temp directory; read-only, the Python
+    installation and ``sys.path``, ``/usr``, ``/lib``, ``/bin``, a short list of ``/etc``
+    files (not ``/etc`` itself: it holds host keys and ``shadow``), ``/dev/null`` and the
+    random devices, and the policy's ``readable_paths``. ``/proc`` and ``/sys`` are not
+    granted, and Landlock's ptrace rule hides ``/proc/<pid>/environ`` of every process outside
+    the sandbox even where ``/proc`` is readable. Programs can be executed only when the
+    policy allows subprocesses. Descriptors opened before (the protocol channel, the context
+    memfd) keep working. Does not hide file names (path walks and ``stat`` are allowed) nor
+    anything granted read-only.
 ``landlock_net`` (ABI 4+)
     No TCP ``bind`` or ``connect`` at all, unless the policy allows the network.
 ``landlock_scope_signal``, ``landlock_scope_abstract_unix`` (ABI 6+)
@@ -51,7 +52,7 @@ The layers, in the order :func:`apply_sandbox` applies them:
     Unix pairs, which asyncio needs) unless the network is allowed; new processes and
     ``execve`` unless subprocesses are allowed (``fork``, ``vfork``, ``clone`` without
     ``CLONE_THREAD``; ``clone3`` fails with ``ENOSYS`` so the C library falls back to
-    ``clone``, which keeps threads working); signals to any process but itself in that case;
+    ``clone``, which keeps threads working), and then also signals to any process but itself;
     ``ptrace`` and the other ways into another process's memory; new user namespaces,
     ``unshare``, ``setns`` and mounts; ``io_uring`` (it creates sockets and opens files out of
     the filter's sight); kernel keyrings (the parent's session keys); ``bpf``,
@@ -145,7 +146,7 @@ class SandboxError(RuntimeError):
 
 
 class SandboxUnavailable(SandboxError):
-    """``mode="strict"`` and ``layer`` cannot be applied on this host (the parent raises IsolationError)."""
+    """Strict mode, and ``layer`` cannot be applied here; the parent raises IsolationError."""
 
     def __init__(self, layer: str, reason: str) -> None:
         super().__init__(f"sandbox layer {layer!r} cannot be applied on this host: {reason}")
@@ -257,10 +258,10 @@ def _validate(values: Mapping[str, object]) -> None:
     """Raise ValueError unless ``values`` (a subset of the policy's fields) are well formed."""
     for key, value in values.items():
         if key in ("workdir", "tmpdir"):
-            ok = (isinstance(value, str) and os.path.isabs(value)) or (
+            ok = (isinstance(value, str) and os.path.isabs(value) and value.strip("/") != "") or (
                 key == "tmpdir" and value is None
             )
-            expected = "an absolute path"
+            expected = "an absolute path other than /"
         elif key == "mode":
             ok, expected = value in _MODES, f"one of {_MODES}"
         elif key in ("allow_network", "allow_subprocess"):
@@ -334,7 +335,8 @@ def apply_sandbox(policy: SandboxPolicy | Mapping[str, object]) -> list[str]:
     libc = _libc()
     seccomp_lib = _libseccomp()  # loaded before Landlock narrows what can be read
 
-    _checked(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise SandboxError(f"PR_SET_NO_NEW_PRIVS failed: {os.strerror(ctypes.get_errno())}")
     applied.append("no_new_privs")
     if not policy.allow_network:
         _attempt(policy, "netns", applied, lambda: _unshare_network(libc))

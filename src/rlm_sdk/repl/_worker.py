@@ -765,6 +765,8 @@ class _Session:
         self._cells += 1
         self._final = None
         self._output.begin_cell()
+        if signal.getsignal(signal.SIGINT) != self._gate.on_sigint:  # a cell replaced it
+            signal.signal(signal.SIGINT, self._gate.on_sigint)
         before = {name: id(value) for name, value in self.ns.items()}
         error, bound = self._execute(code, f"<cell-{self._cells}>")
         self._restore()
@@ -994,7 +996,9 @@ def apply_isolation(config: dict[str, Any]) -> None:
     """Narrow what the model's code can do, before any of it runs.
 
     Today: die with the parent, no core dumps, bounded address space and file size. The sandbox
-    layers (Landlock, seccomp, a network namespace) are to be applied here as well.
+    layers (Landlock, seccomp, a network namespace) belong here as well. This runs while the
+    process still has a single thread (the output and channel threads start after it), which
+    layers that bind only the calling thread require; keep it that way.
     """
     import ctypes
     import resource

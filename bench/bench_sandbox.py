@@ -1,0 +1,83 @@
+"""What the worker sandbox costs at start-up: ``python -I`` + ``apply_sandbox``, per policy.
+
+Each run starts a fresh ``python -I`` that loads ``repl/_sandbox.py`` by file path (as the
+worker does), applies the policy and exits; the wall time is measured from here, spawn to
+exit, and the child reports the time ``apply_sandbox`` itself took. Medians of ``--repeat``
+runs (30 by default). The worker's whole handshake must stay within 60 ms.
+
+    uv run python bench/bench_sandbox.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import median
+
+SANDBOX_PY = Path(__file__).resolve().parents[1] / "src" / "rlm_sdk" / "repl" / "_sandbox.py"
+
+CHILD = r"""
+import importlib.util, json, sys, time
+if sys.argv[1] == "bare":
+    print(json.dumps({"apply_ms": 0.0, "layers": []}))
+    raise SystemExit
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("_sandbox", sys.argv[2])
+sandbox = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sandbox)
+loaded = time.perf_counter()
+layers = sandbox.apply_sandbox(json.loads(sys.argv[1]))
+done = time.perf_counter()
+print(json.dumps({"import_ms": (loaded - started) * 1e3, "apply_ms": (done - loaded) * 1e3,
+                  "layers": layers}))
+"""
+
+VARIANTS: dict[str, dict[str, object] | None] = {
+    "python -I, no sandbox module": None,
+    'mode="none" (rlimits)': {"mode": "none"},
+    'mode="auto", netns off': {"disable_layers": ["netns"]},
+    'mode="auto", seccomp off': {"disable_layers": ["seccomp"]},
+    'mode="auto", landlock off': {"disable_layers": ["landlock"]},
+    'mode="auto" (all layers)': {},
+}
+
+
+def measure(policy: dict[str, object] | None, workdir: str) -> tuple[float, float, float, int]:
+    """One run: (wall ms, import ms, apply ms, number of layers)."""
+    arg = "bare" if policy is None else json.dumps({"workdir": workdir, **policy})
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", CHILD, arg, str(SANDBOX_PY)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout
+    wall = (time.perf_counter() - started) * 1e3
+    report = json.loads(out)
+    return wall, report.get("import_ms", 0.0), report["apply_ms"], len(report["layers"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    print(f"{'variant':<32} {'layers':>6} {'wall ms':>8} {'import ms':>10} {'apply ms':>9}")
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(3):  # warm the page cache
+            measure({}, workdir)
+        for name, policy in VARIANTS.items():
+            runs = [measure(policy, workdir) for _ in range(args.repeat)]
+            wall, imp, apply = (median([run[i] for run in runs]) for i in range(3))
+            print(f"{name:<32} {runs[0][3]:>6} {wall:>8.1f} {imp:>10.2f} {apply:>9.2f}")
+    print(f"medians of {args.repeat} runs each")
+
+
+if __name__ == "__main__":
+    main()
