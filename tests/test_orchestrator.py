@@ -49,7 +49,10 @@ async def test_two_turn_run_answers_and_never_sends_the_context() -> None:
     for request in provider.requests:
         assert all(secret_context not in m.content for m in request.messages)
     assert all("4242" not in m.content for m in provider.requests[0].messages)
-    assert f"a str of {len(secret_context)} characters (4 lines)" in provider.requests[0].messages[0].content
+    assert (
+        f"a str of {len(secret_context)} characters (4 lines)"
+        in provider.requests[0].messages[0].content
+    )
     assert "['The magic number is 4242']" in provider.requests[1].messages[-1].content
     cell = result.trajectory.turns[0].cells[0]
     assert cell.stdout.strip() == "['The magic number is 4242']"
@@ -331,3 +334,19 @@ def test_missing_model_is_a_configuration_error() -> None:
     """No model and no RLM_MODEL is a clear configuration error."""
     with pytest.raises(ConfigurationError, match="RLM_MODEL"):
         RecursiveLM()
+
+
+async def test_price_table_costs_calls_and_bounds_spend() -> None:
+    """A user price table gives cost where the provider reports none, and max_cost stops the run."""
+    prices = {"root-model": (1_000_000.0, 0.0)}  # $1 per prompt token: the first call costs dollars
+    rlm, _ = rlm_with(
+        [code("print(1)"), "FINAL(x)"],
+        prices=prices,
+        limits=Limits(max_cost=0.5),
+        on_limit="return",
+    )
+    result = await rlm.acomplete("ctx", "q")
+    assert result.stop_reason == "limit"
+    assert result.usage.cost is not None and result.usage.cost > 0.5
+    assert result.trajectory.turns[0].cost == result.usage.cost
+    assert result.error is not None and "cost" in result.error

@@ -108,6 +108,7 @@ class CellFinished(EventBase):
     restarted: bool = False
     timed_out: bool = False
     final_answer: str | None = None
+    notice: str | None = None
 
 
 class SubCallStarted(EventBase):

@@ -92,6 +92,7 @@ class _Tree:
     limits: Limits
     sinks: list[Callable[[Any], None]]
     item: int | None = None
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     model_calls: int = 0
     tokens: int = 0
@@ -117,13 +118,19 @@ class _Tree:
         )
         raise self.exhausted
 
-    def record(self, model: str, response: CompletionResponse) -> None:
+    def record(self, model: str, response: CompletionResponse) -> float | None:
+        """Count one call against the budgets; returns its cost (reported, or from the price table)."""
         u = response.usage
+        cost = u.cost
+        if cost is None and model in self.prices:
+            per_prompt, per_completion = self.prices[model]
+            cost = (u.prompt_tokens * per_prompt + u.completion_tokens * per_completion) / 1e6
         self.model_calls += 1
         self.tokens += u.prompt_tokens + u.completion_tokens
-        if u.cost is not None:
-            self.cost += u.cost
-        self.usage.add(model, u.prompt_tokens, u.completion_tokens, u.cost)
+        if cost is not None:
+            self.cost += cost
+        self.usage.add(model, u.prompt_tokens, u.completion_tokens, cost)
+        return cost
 
 
 @dataclass
@@ -184,6 +191,8 @@ class RecursiveLM:
         temperature: sampling temperature passed to every model call.
         max_tokens: completion-token cap passed to every model call.
         tools: functions that live in this process and can be called from the REPL.
+        prices: USD per million (prompt, completion) tokens by model string, for models
+            whose provider reports no cost; used for usage and ``Limits.max_cost``.
         on_event: called with every event of every run (see :mod:`rlm_sdk.events`).
         verbose: render each run live in the terminal (needs ``rich``).
     """
@@ -204,6 +213,7 @@ class RecursiveLM:
         temperature: float | None = None,
         max_tokens: int | None = None,
         tools: Mapping[str, Callable[..., Any]] | None = None,
+        prices: Mapping[str, tuple[float, float]] | None = None,
         on_event: EventHandler | None = None,
         verbose: bool = False,
     ) -> None:
@@ -233,6 +243,7 @@ class RecursiveLM:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.tools = dict(tools or {})
+        self.prices = dict(prices or {})
         self.on_event = on_event
         self.verbose = verbose
         self._provider = provider
@@ -411,7 +422,7 @@ class RecursiveLM:
             from ._console import ConsoleView
 
             sinks.append(ConsoleView().handle)
-        tree = _Tree(limits=self.limits, sinks=sinks, item=item)
+        tree = _Tree(limits=self.limits, sinks=sinks, item=item, prices=self.prices)
         started = time.perf_counter()
         run = self._new_run(tree, depth=0, parent=None, model=self.model, query=query)
         wall = self.limits.max_wall_time
@@ -608,6 +619,7 @@ class RecursiveLM:
             record.duration_s = result.duration_s
             record.restarted, record.timed_out = result.restarted, result.timed_out
             record.final_answer = result.final_answer
+            record.notice = result.notice
             run.emit(
                 CellFinished,
                 iteration=turn.iteration,
@@ -620,6 +632,7 @@ class RecursiveLM:
                 restarted=record.restarted,
                 timed_out=record.timed_out,
                 final_answer=record.final_answer,
+                notice=record.notice,
             )
             if result.restarted:
                 run.emit(WorkerRestarted, reason=record.error or "the worker was restarted")
@@ -680,7 +693,10 @@ class RecursiveLM:
             )
         finally:
             retry_listener.reset(token)
-        run.tree.record(model, response)
+        cost = run.tree.record(model, response)
+        if cost != response.usage.cost:  # priced from the user's table
+            usage = response.usage.model_copy(update={"cost": cost})
+            response = response.model_copy(update={"usage": usage})
         run.emit(
             ModelResponse,
             model=model,
@@ -850,6 +866,7 @@ def _error_text(error: Any) -> str:
 
 def _cell_view(cell: CellRecord) -> dict[str, Any]:
     return {
+        "notice": cell.notice,
         "stdout": cell.stdout,
         "stderr": cell.stderr,
         "error": cell.error,

@@ -319,6 +319,8 @@ def format_cell_feedback(
     parts: list[str] = []
     for n, cell in enumerate(cells, start=1):
         body: list[str] = []
+        if cell.get("notice"):
+            body.append("[notice] " + str(cell["notice"]))
         if cell.get("stdout"):
             body.append(str(cell["stdout"]).rstrip("\n"))
         if cell.get("stderr"):

@@ -201,7 +201,7 @@ def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
                 ev.restarted,
                 ev.timed_out,
             )
-            cell.final_answer = ev.final_answer
+            cell.final_answer, cell.notice = ev.final_answer, ev.notice
         elif isinstance(ev, SubCallStarted):
             record = SubCallRecord(
                 kind=ev.kind, model=ev.model, depth=ev.depth + 1, prompt=ev.prompt, response=""

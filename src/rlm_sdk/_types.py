@@ -131,6 +131,8 @@ class CellRecord(BaseModel):
     restarted: bool = False
     timed_out: bool = False
     final_answer: str | None = None
+    notice: str | None = None
+    """Something the model must know that is not the code's output (e.g. a lost REPL)."""
     sub_calls: list[SubCallRecord] = Field(default_factory=list)
 
 

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 F = "```"
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rlm_sdk.cli", *args],
         capture_output=True,
@@ -46,7 +48,9 @@ def test_run_on_a_real_file_against_a_loopback_server(tmp_path: Path) -> None:
     with FakeChatServer(_count_policy) as server:
         env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-local"}
         done = _cli("run", str(doc), "-q", "How many lines?", "--model", "openai:fake", env=env)
-        as_json = _cli("run", str(doc), "-q", "How many lines?", "--model", "openai:fake", "--json", env=env)
+        as_json = _cli(
+            "run", str(doc), "-q", "How many lines?", "--model", "openai:fake", "--json", env=env
+        )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
     result = json.loads(as_json.stdout)
@@ -79,8 +83,20 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "AuthenticationError" in lines[0] and "OPENAI_API_KEY" in lines[0]
-    missing = _cli("run", str(tmp_path / "nope.txt"), "-q", "q", "--model", "openai:x", env={"OPENAI_API_KEY": "k"})
-    assert missing.returncode != 0 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    missing = _cli(
+        "run",
+        str(tmp_path / "nope.txt"),
+        "-q",
+        "q",
+        "--model",
+        "openai:x",
+        env={"OPENAI_API_KEY": "k"},
+    )
+    assert (
+        missing.returncode != 0
+        and "cannot read" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_demo_runs_offline_and_says_so() -> None:
@@ -103,13 +119,30 @@ def test_batch_writes_jsonl_and_resumes(
 ) -> None:
     """`batch` writes one line per item; a second run skips what is already done."""
     items = tmp_path / "items.jsonl"
-    items.write_text("\n".join(json.dumps({"id": f"d{i}", "context": "a\n" * i, "query": "count"}) for i in range(1, 5)))
+    items.write_text(
+        "\n".join(
+            json.dumps({"id": f"d{i}", "context": "a\n" * i, "query": "count"}) for i in range(1, 5)
+        )
+    )
     out = tmp_path / "out.jsonl"
     out.write_text(json.dumps({"id": "d1", "answer": "1", "error": None}) + "\n")
     trace = tmp_path / "trace.jsonl"
     with FakeChatServer(_count_policy) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        code = main(["batch", str(items), "-o", str(out), "--model", "openai:fake", "-c", "2", "--record", str(trace)])
+        code = main(
+            [
+                "batch",
+                str(items),
+                "-o",
+                str(out),
+                "--model",
+                "openai:fake",
+                "-c",
+                "2",
+                "--record",
+                str(trace),
+            ]
+        )
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == ["d1", "d2", "d3", "d4"]

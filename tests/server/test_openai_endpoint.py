@@ -198,15 +198,17 @@ async def test_a_client_that_leaves_cancels_its_run(live_server: StartServer) ->
             await anyio.sleep(0.05)
 
     timeout = httpx.Timeout(30, read=1.5)
-    async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as http:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_workers)
-            with pytest.raises(httpx.ReadTimeout):
-                await http.post(
-                    "/v1/chat/completions",
-                    json={"model": f"rlm:{ROOT}", "messages": [{"role": "user", "content": "q"}]},
-                )
-            tg.cancel_scope.cancel()
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=timeout) as http,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(watch_workers)
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(
+                "/v1/chat/completions",
+                json={"model": f"rlm:{ROOT}", "messages": [{"role": "user", "content": "q"}]},
+            )
+        tg.cancel_scope.cancel()
     with anyio.fail_after(10):
         while repl_workers() & seen:
             await anyio.sleep(0.05)

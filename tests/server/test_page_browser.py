@@ -63,7 +63,8 @@ async def test_run_streams_nested_steps_and_the_final_answer(
     assert await page.text_content("#stat-cells") == "2"
     assert await page.text_content("#stat-calls") == "2"
     assert int((await page.text_content("#stat-tokens") or "0").replace(",", "")) > 0
-    output = await page.locator(".rlm-run.depth-0 .cell-output pre").first.text_content()
+    root_cell = page.locator(".rlm-run.depth-0 > .turns > details.turn .turn-body > .cell").first
+    output = await root_cell.locator("> .cell-output pre").text_content()
     assert output is not None and "1150 characters" in output
 
 

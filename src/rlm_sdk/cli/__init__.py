@@ -342,4 +342,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rlm-sdk: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-

@@ -16,12 +16,46 @@ __all__ = ["NIAH_QUERY", "make_haystack", "niah_policy"]
 
 NIAH_QUERY = "I'm looking for a magic number. What is it?"
 
-_WORDS = (
-    "apple river stone cloud ember lantern meadow copper violet harbor quiet thunder "
-    "pepper marble orbit willow canyon falcon velvet cinder maple frostbite garnet island "
-    "jasper kettle lemon mosaic nectar obsidian pillow quartz ravenous saffron tundra "
-    "umber informal wander"
-).split()
+_WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "ember",
+    "lantern",
+    "meadow",
+    "copper",
+    "violet",
+    "harbor",
+    "quiet",
+    "thunder",
+    "pepper",
+    "marble",
+    "orbit",
+    "willow",
+    "canyon",
+    "falcon",
+    "velvet",
+    "cinder",
+    "maple",
+    "frostbite",
+    "garnet",
+    "island",
+    "jasper",
+    "kettle",
+    "lemon",
+    "mosaic",
+    "nectar",
+    "obsidian",
+    "pillow",
+    "quartz",
+    "ravenous",
+    "saffron",
+    "tundra",
+    "umber",
+    "informal",
+    "wander",
+]
 
 
 def make_haystack(lines: int = 1_000_000, *, seed: int | None = None) -> tuple[str, int]:

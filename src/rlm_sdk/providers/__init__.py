@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._anthropic import AnthropicProvider
 from ._openai import OpenAICompatibleProvider
+from ._pacing import RateLimitedProvider
 from ._registry import ProviderFactory, ProviderRegistry, register_provider, resolve_model
 from ._types import ChatMessage, CompletionRequest, CompletionResponse, Provider, TokenUsage
 
@@ -21,6 +22,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "ProviderRegistry",
+    "RateLimitedProvider",
     "TokenUsage",
     "register_provider",
     "resolve_model",

@@ -149,7 +149,7 @@ async def _stream(
     await write(chunk({"role": "assistant", "content": ""}))
     try:
         result = await run()
-    except RLMError as err:
+    except Exception as err:  # the status line is sent: a failure can only travel as an event
         await write(sse_json(_run_failed(err).body()))
         await write("data: [DONE]\n\n")
         return

@@ -66,6 +66,12 @@ def _echo(body: dict[str, Any]) -> str:
     return f"echo: {messages[-1].get('content', '')}"
 
 
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - anyio.current_time()
+    if delay > 0:
+        await anyio.sleep(delay)
+
+
 async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
     """The next h11 event, reading from the socket as needed (end of stream -> ConnectionClosed)."""
     while (event := conn.next_event()) is h11.NEED_DATA:
@@ -87,8 +93,8 @@ class FakeChatServer:
         reply: called with the parsed JSON body of each chat request; returns the assistant
             text, or a whole response object to send as is. May be async. Echoes the last
             message by default. If it raises, the server answers 500.
-        latency: seconds before each chat reply, slept without blocking, so concurrent
-            requests overlap.
+        latency: seconds from a chat request's arrival to its reply, slept without blocking
+            so concurrent requests overlap; the reply function's own time counts within it.
         model: the model reported by ``/v1/models`` and when a request names none.
         port: 0 for an ephemeral port.
 
@@ -234,6 +240,9 @@ class FakeChatServer:
         request = await _next_event(conn, stream)
         if not isinstance(request, h11.Request):
             return False
+        # The latency counts from the request's arrival, so the server's own parsing and reply
+        # work (the stand-in model's "thinking") is inside it rather than added on top.
+        deadline = anyio.current_time() + self.latency
         body = bytearray()
         while not isinstance(event := await _next_event(conn, stream), h11.EndOfMessage):
             if not isinstance(event, h11.Data):
@@ -253,30 +262,36 @@ class FakeChatServer:
         elif (method, path) != ("POST", "/v1/chat/completions"):
             await self._send(conn, stream, 404, _error(f"no route for {method} {path}"))
         else:
-            if self.latency:
-                await anyio.sleep(self.latency)
             fault = self._faults.popleft() if self._faults else None
-            if fault is not None and fault.cut:
-                await self._send_cut(conn, stream)
-                return False
             if fault is not None:
+                await _sleep_until(deadline)
+                if fault.cut:
+                    await self._send_cut(conn, stream)
+                    return False
                 await self._send(conn, stream, fault.status, fault.body, fault.headers)
             elif not isinstance(parsed, dict):
+                await _sleep_until(deadline)
                 await self._send(conn, stream, 400, _error("the body is not a JSON object"))
             else:
-                await self._send_completion(conn, stream, parsed)
+                await self._send_completion(conn, stream, parsed, deadline)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def _send_completion(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, body: dict[str, Any]
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.SocketStream,
+        body: dict[str, Any],
+        deadline: float,
     ) -> None:
         try:
             reply = self._reply(body)
             if inspect.isawaitable(reply):
                 reply = await reply
         except Exception as err:
+            await _sleep_until(deadline)
             await self._send(conn, stream, 500, _error(f"reply function failed: {err!r}"))
             return
+        await _sleep_until(deadline)
         if isinstance(reply, str):
             n = len(self.requests)
             prompt_tokens = len(json.dumps(body.get("messages", []))) // 4

@@ -333,9 +333,9 @@ class RunView {
     const title = el("span", "cell-title", `Cell ${ev.cell + 1}`);
     const status = el("span", "cell-status spinner", "running");
     head.append(title, status);
-    const output = el("div", "cell-output");
     const calls = el("div", "subcalls");
-    node.append(head, codeBlock(ev.code), output, calls);
+    const output = el("div", "cell-output");
+    node.append(head, codeBlock(ev.code), calls, output);
     turn.body.append(node);
     run.cell = { node, status, output, calls };
     turn.state.className = "turn-state spinner";
@@ -497,9 +497,10 @@ class RunView {
     this.finished = true;
     this.stopTimer();
     this.renderTime();
+    const interrupted = { cancelled: "stopped", error: "interrupted" }[summary.status];
     for (const node of document.querySelectorAll("#steps .spinner")) {
       node.classList.remove("spinner");
-      if (summary.status === "cancelled") node.textContent = "stopped";
+      if (interrupted) node.textContent = interrupted;
     }
     this.setStatus(summary.status);
     if (summary.status === "error" || summary.status === "cancelled") {
