@@ -57,3 +57,25 @@ def test_sync_batch() -> None:
     """The sync twin returns the same ordered results."""
     rlm = RecursiveLM("m", provider=ScriptedProvider(_policy))
     assert [r.answer for r in rlm.batch([("ab", "q"), ("abc", "q")])] == ["2", "3"]
+
+
+async def test_max_workers_bounds_runs_holding_a_worker() -> None:
+    """With max_workers=2, no more than two top-level runs are in flight at once."""
+    import anyio
+
+    active = peak = 0
+
+    async def policy(request: CompletionRequest) -> str:
+        nonlocal active, peak
+        if len(request.messages) == 2:
+            active += 1
+            peak = max(peak, active)
+            await anyio.sleep(0.05)
+            return "```repl\nprint('len', len(context))\n```"
+        active -= 1
+        return _policy(request)
+
+    rlm = RecursiveLM("m", provider=ScriptedProvider(policy), max_workers=2)
+    results = await rlm.abatch([("abc", "q")] * 6, concurrency=6)
+    assert [r.answer for r in results] == ["3"] * 6
+    assert peak == 2

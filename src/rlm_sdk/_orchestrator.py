@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from . import _protocol as proto
@@ -186,6 +187,9 @@ class RecursiveLM:
             :class:`LimitExceededError` (carrying the partial result) or ``"return"`` the
             result with ``stop_reason="limit"``.
         max_concurrent_subcalls: sub-calls in flight at once per run (the batched forms).
+        max_workers: top-level runs holding a REPL worker at once, to bound memory; more
+            ``acomplete`` calls wait for a slot. Child runs add at most ``max_depth - 1``
+            levels of ``max_concurrent_subcalls`` workers each. ``None``: no bound.
         cell_timeout: seconds one ``repl`` block may run, sub-calls included.
         output_limit: characters of cell output shown to the model per turn.
         temperature: sampling temperature passed to every model call.
@@ -208,6 +212,7 @@ class RecursiveLM:
         limits: Limits | None = None,
         on_limit: OnLimit = "raise",
         max_concurrent_subcalls: int = DEFAULT_MAX_CONCURRENT_SUBCALLS,
+        max_workers: int | None = None,
         cell_timeout: float = DEFAULT_CELL_TIMEOUT,
         output_limit: int = DEFAULT_OUTPUT_LIMIT,
         temperature: float | None = None,
@@ -249,6 +254,10 @@ class RecursiveLM:
         self._provider = provider
         self._owned: dict[str, Provider] = {}
         self._chat: Any = None
+        if max_workers is not None and max_workers < 1:
+            raise ConfigurationError("max_workers must be at least 1")
+        self.max_workers = max_workers
+        self._slots: tuple[object, anyio.CapacityLimiter] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -427,16 +436,28 @@ class RecursiveLM:
         run = self._new_run(tree, depth=0, parent=None, model=self.model, query=query)
         wall = self.limits.max_wall_time
         try:
-            with anyio.fail_after(wall) if wall else contextlib.nullcontext():
-                result = await self._run(run, context, query, started)
-        except TimeoutError:
-            err = LimitExceededError(
-                f"wall time of {wall} s exceeded", limit="wall_time", max_wall_time=wall
-            )
-            return self._limited(run, err, started)
-        except LimitExceededError as err:
-            return self._limited(run, err, started)
-        return result
+            async with self._worker_slot():
+                with anyio.move_on_after(wall) as scope:
+                    return await self._run(run, context, query, started)
+        except LimitExceededError as exhausted:
+            return self._limited(run, exhausted, started)
+        assert scope.cancelled_caught  # only the wall-time scope can end the block without a result
+        timed_out = LimitExceededError(
+            f"wall time of {wall} s exceeded", limit="wall_time", max_wall_time=wall
+        )
+        return self._limited(run, timed_out, started)
+
+    @contextlib.asynccontextmanager
+    async def _worker_slot(self) -> AsyncIterator[None]:
+        """Hold one of ``max_workers`` slots for a top-level run (no bound when None)."""
+        if self.max_workers is None:
+            yield
+            return
+        token = anyio.lowlevel.current_token()
+        if self._slots is None or self._slots[0] != token:
+            self._slots = (token, anyio.CapacityLimiter(self.max_workers))
+        async with self._slots[1]:
+            yield
 
     def _limited(self, run: _Run, err: LimitExceededError, started: float) -> RLMResult:
         run.emit(LimitReached, limit=err.limit, detail=str(err))
