@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from rlm_sdk import CompletionRequest
-from rlm_sdk.cli._demo import niah_policy
+from rlm_sdk.testing import niah_policy
 
 FANOUT = 32
 

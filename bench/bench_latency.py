@@ -21,7 +21,7 @@ from _common import model_server, report
 from _policies import FANOUT
 
 from rlm_sdk import OpenAICompatibleProvider, RecursiveLM
-from rlm_sdk.cli._demo import NIAH_QUERY, make_haystack
+from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
 
 def _rlm(url: str, **kw: object) -> RecursiveLM:

@@ -17,8 +17,7 @@ import time
 import anyio
 
 from rlm_sdk import CompletionRequest, RecursiveLM, RunStarted, TurnStarted
-from rlm_sdk.cli._demo import NIAH_QUERY, make_haystack
-from rlm_sdk.testing import ScriptedProvider
+from rlm_sdk.testing import NIAH_QUERY, ScriptedProvider, make_haystack
 
 TURNS = 10
 
@@ -38,7 +37,7 @@ async def main(repeat: int) -> None:
     for _ in range(repeat):
         marks: dict[str, float] = {}
 
-        def on_event(event: object) -> None:
+        def on_event(event: object, marks: dict[str, float] = marks) -> None:
             if isinstance(event, RunStarted):
                 marks["start"] = time.perf_counter()
             elif isinstance(event, TurnStarted) and event.iteration == 2:

@@ -52,6 +52,7 @@ from ._exceptions import (
     WorkerStartError,
 )
 from ._orchestrator import EventHandler, RecursiveLM
+from ._recorder import JSONLRecorder, SavedRun, load_events, load_runs
 from ._types import (
     CellRecord,
     Limits,
@@ -103,6 +104,7 @@ __all__ = [
     "FinalAnswer",
     "InternalServerError",
     "IsolationError",
+    "JSONLRecorder",
     "LimitExceededError",
     "LimitReached",
     "Limits",
@@ -123,6 +125,7 @@ __all__ = [
     "RunError",
     "RunFinished",
     "RunStarted",
+    "SavedRun",
     "StopReason",
     "SubCallFinished",
     "SubCallRecord",
@@ -138,6 +141,8 @@ __all__ = [
     "WorkerRestarted",
     "WorkerStartError",
     "__version__",
+    "load_events",
+    "load_runs",
     "register_provider",
     "resolve_model",
 ]

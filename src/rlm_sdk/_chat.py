@@ -35,6 +35,7 @@ __all__ = [
     "ChatCompletionChoice",
     "ChatCompletionMessage",
     "ChatCompletionUsage",
+    "Completions",
     "messages_to_run",
 ]
 
@@ -127,7 +128,9 @@ def to_chat_completion(result: RLMResult, model: str) -> ChatCompletion:
     )
 
 
-class _Completions:
+class Completions:
+    """``create`` and ``create_sync``, shaped like the OpenAI client's."""
+
     def __init__(self, rlm: RecursiveLM) -> None:
         self._rlm = rlm
 
@@ -170,4 +173,4 @@ class Chat:
     """``rlm.chat.completions.create(...)``, the OpenAI client's spelling."""
 
     def __init__(self, rlm: RecursiveLM) -> None:
-        self.completions = _Completions(rlm)
+        self.completions = Completions(rlm)

@@ -45,3 +45,14 @@ MAX_OUTPUT_LIMIT = 16 * 1024**2
 """Largest ``output_limit`` a REPL session accepts (characters per stream)."""
 WORKER_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 """The only variables a REPL worker inherits from the parent's environment."""
+FORKSERVER_REPLY_TIMEOUT = 5.0
+"""Seconds a REPL session waits for the fork server to fork its worker before starting it directly."""
+FORKSERVER_EXIT_GRACE = 2.0
+"""Seconds the fork server gets to kill its workers and exit once closed, before it is killed."""
+FORKSERVER_MAX_FAILURES = 3
+"""Deaths of the fork server in a row after which it is no longer restarted (workers start directly)."""
+
+DEMO_OPENAI_MODEL = "openai:gpt-5-mini"
+"""The demo's model when only ``OPENAI_API_KEY`` is set."""
+DEMO_ANTHROPIC_MODEL = "anthropic:claude-sonnet-4-5"
+"""The demo's model when only ``ANTHROPIC_API_KEY`` is set."""

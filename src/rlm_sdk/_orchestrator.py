@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import itertools
 import math
 import time
@@ -36,6 +37,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from . import _protocol as proto
 from ._batch import BatchProgress, BatchResult, iter_batch
+from ._chat import Chat
 from ._constants import (
     DEFAULT_CELL_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_SUBCALLS,
@@ -197,7 +199,7 @@ class RecursiveLM:
         tools: functions that live in this process and can be called from the REPL.
         prices: USD per million (prompt, completion) tokens by model string, for models
             whose provider reports no cost; used for usage and ``Limits.max_cost``.
-        on_event: called with every event of every run (see :mod:`rlm_sdk.events`).
+        on_event: called with every event of every run, in order (see the event types).
         verbose: render each run live in the terminal (needs ``rich``).
     """
 
@@ -248,12 +250,13 @@ class RecursiveLM:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.tools = dict(tools or {})
+        self._tool_docs = {_tool_signature(n, f): _first_line(f) for n, f in self.tools.items()}
         self.prices = dict(prices or {})
         self.on_event = on_event
         self.verbose = verbose
         self._provider = provider
         self._owned: dict[str, Provider] = {}
-        self._chat: Any = None
+        self._chat: Chat | None = None
         if max_workers is not None and max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")
         self.max_workers = max_workers
@@ -408,11 +411,9 @@ class RecursiveLM:
         )
 
     @property
-    def chat(self) -> Any:
+    def chat(self) -> Chat:
         """The chat-completions drop-in: ``await rlm.chat.completions.create(messages=...)``."""
         if self._chat is None:
-            from ._chat import Chat
-
             self._chat = Chat(self)
         return self._chat
 
@@ -517,7 +518,10 @@ class RecursiveLM:
             ChatMessage(
                 role="system",
                 content=proto.build_system_prompt(
-                    description, sub_model=run.sub_model, can_recurse=can_recurse
+                    description,
+                    sub_model=run.sub_model,
+                    can_recurse=can_recurse,
+                    tools=self._tool_docs,
                 ),
             ),
             ChatMessage(role="user", content=proto.build_user_prompt(query)),
@@ -860,6 +864,18 @@ def _single_errors() -> Iterator[None]:
         inner = group.exceptions[0]
     if inner is not None:
         raise inner
+
+
+def _tool_signature(name: str, fn: Callable[..., Any]) -> str:
+    try:
+        return f"{name}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return f"{name}(...)"
+
+
+def _first_line(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn) or "a tool provided by the application"
+    return doc.strip().splitlines()[0]
 
 
 def _turn_record(iteration: int, model: str, response: CompletionResponse) -> TurnRecord:

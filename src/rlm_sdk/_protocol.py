@@ -232,7 +232,7 @@ characters per call, so give it chunks of the context together with an instructi
 returns the answers in order; prefer it to a loop of `llm_query` calls.
 - `rlm_query(prompt: str) -> str` and `rlm_query_batched(prompts)` hand a sub-task to a model \
 that gets its own REPL with the prompt as its context{rlm_note}.
-- `SHOW_VARS()` lists the variables you have defined.
+- `SHOW_VARS()` lists the variables you have defined.{tool_lines}
 A failed sub-call returns a string that starts with "Error:".
 
 When you know the answer, give it on a line of its own, outside any code block:
@@ -244,16 +244,30 @@ Do not give a final answer before you have looked at the context. Be concise bet
 
 
 def build_system_prompt(
-    description: str, *, sub_model: str, can_recurse: bool, sub_chars: int = 400_000
+    description: str,
+    *,
+    sub_model: str,
+    can_recurse: bool,
+    tools: Mapping[str, str] | None = None,
+    sub_chars: int = 400_000,
 ) -> str:
-    """The root's system prompt for a run whose context is described by ``description``."""
+    """The root's system prompt for a run whose context is described by ``description``.
+
+    ``tools`` maps each custom tool's call signature (``lookup(key)``) to a one-line
+    description, so the model knows it can call them.
+    """
+    tool_lines = "".join(f"\n- `{sig}`: {doc}" for sig, doc in (tools or {}).items())
     rlm_note = (
         "; use it for sub-tasks that need their own exploration"
         if can_recurse
         else " (at this depth it is a plain model call, like `llm_query`)"
     )
     return _SYSTEM_PROMPT.format(
-        description=description, sub_model=sub_model, sub_chars=f"{sub_chars:,}", rlm_note=rlm_note
+        description=description,
+        sub_model=sub_model,
+        sub_chars=f"{sub_chars:,}",
+        rlm_note=rlm_note,
+        tool_lines=tool_lines,
     )
 
 

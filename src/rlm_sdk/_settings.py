@@ -14,7 +14,7 @@ __all__ = ["Settings", "load_settings"]
 
 
 class Settings(BaseSettings):
-    """Everything the SDK reads from the environment; see docs/configuration.md."""
+    """Everything the SDK reads from the environment; see docs/reference/configuration.md."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True

@@ -43,23 +43,34 @@ class Limits(BaseModel):
     """
 
     max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1)
+    """Turns per run before one last call asks for the best answer."""
     max_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=0)
+    """Runs exist at depths ``0 .. max_depth - 1``; deeper sub-calls are plain completions."""
     max_model_calls: int | None = Field(default=None, ge=1)
+    """Model calls in the whole tree (root turns and sub-calls)."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Prompt plus completion tokens in the whole tree."""
     max_cost: float | None = Field(default=None, gt=0)
+    """USD in the whole tree, from reported costs or the ``prices`` table."""
     max_wall_time: float | None = Field(default=None, gt=0)
+    """Seconds for the whole top-level run."""
 
 
 class ModelUsage(BaseModel):
     """What one model was used for: calls, tokens and cost (USD, ``None`` when unknown)."""
 
     calls: int = 0
+    """Model calls made."""
     prompt_tokens: int = 0
+    """Prompt tokens, as the provider reported them."""
     completion_tokens: int = 0
+    """Completion tokens, as the provider reported them."""
     cost: float | None = None
+    """USD, when the provider reported a cost or a price table gave one."""
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
 
@@ -67,21 +78,26 @@ class Usage(BaseModel):
     """Usage per model, summed over a whole recursion tree."""
 
     models: dict[str, ModelUsage] = Field(default_factory=dict)
+    """Usage by model string (``"openai:gpt-5-mini"``)."""
 
     @property
     def calls(self) -> int:
+        """Model calls over every model."""
         return sum(m.calls for m in self.models.values())
 
     @property
     def prompt_tokens(self) -> int:
+        """Prompt tokens over every model."""
         return sum(m.prompt_tokens for m in self.models.values())
 
     @property
     def completion_tokens(self) -> int:
+        """Completion tokens over every model."""
         return sum(m.completion_tokens for m in self.models.values())
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens over every model."""
         return self.prompt_tokens + self.completion_tokens
 
     @property
@@ -93,6 +109,7 @@ class Usage(BaseModel):
     def add(
         self, model: str, prompt_tokens: int, completion_tokens: int, cost: float | None
     ) -> None:
+        """Count one call of ``model`` (the SDK calls this; useful for your own totals too)."""
         entry = self.models.get(model)
         if entry is None:
             entry = self.models[model] = ModelUsage()
@@ -169,16 +186,25 @@ class RLMResult(BaseModel):
     """The outcome of a run: the answer, why it ended, what it cost and what it did."""
 
     answer: str | None
+    """The final answer; ``None`` when the run ended without one."""
     stop_reason: StopReason
+    """Why the run ended."""
     iterations: int
+    """Turns the root run took (the last call at the iteration limit counts as one)."""
     wall_time_s: float
+    """Seconds from the call to the result."""
     usage: Usage
+    """Calls, tokens and cost per model over the whole recursion tree."""
     trajectory: Trajectory
+    """Every turn, cell and sub-call, with child runs nested."""
     isolation: list[str] = Field(default_factory=list)
+    """The sandbox layers the root run's REPL worker had applied."""
     error: str | None = None
+    """What stopped the run, when a budget or a failure did."""
 
     @property
     def run_id(self) -> str:
+        """The root run's id (also on every event)."""
         return self.trajectory.run_id
 
 

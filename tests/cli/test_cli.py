@@ -158,3 +158,18 @@ def test_view_rejects_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("hello\n")
     assert main(["view", str(bad)]) == 1
     assert "not an rlm_sdk trajectory" in capsys.readouterr().err
+
+
+def test_demo_with_only_a_key_runs_for_real_against_the_configured_server() -> None:
+    """With just OPENAI_API_KEY (and a base URL) set, `demo` calls the model instead of the stand-in."""
+    from rlm_sdk import CompletionRequest
+    from rlm_sdk.testing import niah_policy
+
+    with FakeChatServer(lambda body: niah_policy(CompletionRequest.model_validate(body))) as server:
+        done = _cli(
+            "demo", "--lines", "5000", env={"OPENAI_API_KEY": "sk-local", "OPENAI_BASE_URL": server.base_url}
+        )
+        assert len(server.requests) == 2
+    assert done.returncode == 0, done.stderr
+    assert "Running for real with openai:gpt-5-mini" in done.stdout
+    assert "OFFLINE" not in done.stdout

@@ -45,7 +45,7 @@ async def test_stdout_stderr_and_fd_writes_are_captured() -> None:
     Python-level prints and fd-level writes reach the capture by two paths, so only whole
     writes are compared here, not their order.
     """
-    async with REPLSession() as repl:
+    async with REPLSession(allow_subprocess=True) as repl:
         result = await repl.run_cell(
             "import os, subprocess, sys\n"
             "print('out')\n"

@@ -110,12 +110,8 @@ def serve_in_thread(
     """Run the app under uvicorn on 127.0.0.1:<ephemeral> in a background thread."""
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    cfg = ServerConfig(
-        models=models or [ROOT, SUB],
-        provider=provider,
-        allowed_hosts=loopback_hosts(port),
-        **config,
-    )
+    config.setdefault("allowed_hosts", loopback_hosts(port))
+    cfg = ServerConfig(models=models or [ROOT, SUB], provider=provider, **config)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(cfg),

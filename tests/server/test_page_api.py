@@ -204,3 +204,20 @@ def test_config_bounds_and_loopback_hosts() -> None:
         ServerConfig(models=["m"], default_max_iterations=10, max_iterations_cap=5)
     with pytest.raises(ValueError, match="at least one model"):
         ServerConfig(models=[" "])
+
+
+@pytest.mark.integration
+async def test_default_config_accepts_only_loopback_names(live_server: StartServer) -> None:
+    """Without ``allowed_hosts`` the app answers loopback names on any port; ``["*"]`` answers all."""
+    strict = live_server(ScriptedProvider(two_turn_policy), allowed_hosts=None)
+    open_ = live_server(ScriptedProvider(two_turn_policy), allowed_hosts=["*"])
+    async with httpx.AsyncClient() as http:
+        loopback = await http.get(f"{strict.url}/api/config", headers={"host": "localhost:1234"})
+        rebound = await http.get(f"{strict.url}/api/config", headers={"host": "evil.example"})
+        anyhost = await http.get(f"{open_.url}/api/config", headers={"host": "evil.example"})
+        cross = await http.post(
+            f"{open_.url}/api/runs", content=b"x", headers={"origin": "http://other.example"}
+        )
+    assert (loopback.status_code, rebound.status_code) == (200, 400)
+    assert anyhost.status_code == 200
+    assert cross.status_code == 403

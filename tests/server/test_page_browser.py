@@ -29,7 +29,8 @@ WAIT_MS = 20_000
 
 async def open_page(page: Any, server: LiveServer) -> None:
     await page.goto(server.url + "/")
-    await page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    # A selector, not wait_for_function: polling a JS string needs eval, which the page's CSP forbids.
+    await page.wait_for_selector("#model option", state="attached")
 
 
 async def test_run_streams_nested_steps_and_the_final_answer(

@@ -150,20 +150,27 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
-def _provider_configured(args: argparse.Namespace) -> bool:
+def _demo_model(args: argparse.Namespace) -> str | None:
+    """The model the demo runs for real: --model, RLM_MODEL, or a default for a key that is set."""
+    from rlm_sdk._constants import DEMO_ANTHROPIC_MODEL, DEMO_OPENAI_MODEL
     from rlm_sdk._settings import load_settings
 
     s = load_settings()
-    return bool(args.model or s.model or s.openai_api_key or s.anthropic_api_key)
+    if args.model or s.model:
+        return str(args.model or s.model)
+    if s.openai_api_key:
+        return DEMO_OPENAI_MODEL
+    if s.anthropic_api_key:
+        return DEMO_ANTHROPIC_MODEL
+    return None
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from rlm_sdk import RecursiveLM
-    from rlm_sdk.testing import ScriptedProvider
+    from rlm_sdk.testing import NIAH_QUERY, ScriptedProvider, make_haystack, niah_policy
 
-    from ._demo import NIAH_QUERY, make_haystack, niah_policy
-
-    offline = args.offline or not _provider_configured(args)
+    model = None if args.offline else _demo_model(args)
+    offline = model is None
     t0 = time.perf_counter()
     context, number = make_haystack(args.lines, seed=args.seed)
     print(
@@ -178,7 +185,8 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         )
         rlm = RecursiveLM("scripted-niah", provider=ScriptedProvider(niah_policy), **kwargs)
     else:
-        rlm = RecursiveLM(args.model, **kwargs)
+        print(f"Running for real with {model}.")
+        rlm = RecursiveLM(model, **kwargs)
     async with rlm:
         result = await rlm.acomplete(context, NIAH_QUERY)
     usage = result.usage

@@ -89,10 +89,14 @@ class HelloFrame(_Frame):
 class ReadyFrame(_Frame):
     type: Literal["ready"]
     load_s: float
+    isolation: list[str]
+    """The sandbox layers the worker applied to itself."""
 
 
 class FatalFrame(_Frame):
     type: Literal["fatal"]
+    kind: Literal["start", "isolation"]
+    """``isolation``: the sandbox the policy requires cannot be applied (no point restarting)."""
     message: str
 
 

@@ -7,21 +7,34 @@ little as possible. It is therefore self-contained and uses the standard library
 holds the wire format (frames, the context layout in the memfd), which the parent imports from
 here, so both sides share one definition.
 
+Two ways to start. Directly, one interpreter per worker, the channel on fd 0/1. Or through the
+fork server (``python -I _worker.py --forkserver FD PARENT_PID``, :func:`serve_forks`): one
+interpreter that has imported everything a worker needs and loaded the sandbox, and forks a
+fresh worker per request in about a millisecond, instead of the ~25 ms of CPU an interpreter
+start costs; hundreds of runs starting at once then no longer starve the machine. The fork
+server holds no context and no secret: it is started with the scrubbed environment, and each
+request carries the worker's environment, directory and descriptors.
+
 Startup, in order (:func:`main`):
 
-1. Take the channel: the protocol moves from fd 0/1 to private descriptors, fd 0 reads
-   ``/dev/null`` and fd 1/2 become pipes this process drains itself, so ``print``,
+1. Take the channel: the protocol moves from fd 0/1 (a Unix socket) to private descriptors,
+   fd 0 reads ``/dev/null`` and fd 1/2 become pipes this process drains itself, so ``print``,
    ``os.write(1, ...)`` and child processes can never write into the channel.
-2. Say ``hello``, then read the ``init`` frame (context descriptor, limits, tool names).
-3. Apply isolation (:func:`apply_isolation`): resource limits and death with the parent today;
-   the sandbox layers (Landlock, seccomp, a network namespace) belong there too.
-4. Load the context from the sealed memfd, build the namespace, say ``ready``.
+2. Say ``hello``, then read the ``init`` frame (context descriptor, sandbox policy, tool names).
+3. Apply isolation (:func:`apply_isolation`): death with the parent, then the sandbox layers of
+   ``_sandbox.py`` (rlimits, no_new_privs, a network namespace, Landlock, seccomp), while the
+   process still has a single thread.
+4. Load the context from the sealed memfd, build the namespace, say ``ready`` (with the layers).
 5. Serve: run cells, answer variable queries, forward sub-calls and tool calls to the parent.
 
 The wire format: each frame is a 4-byte big-endian length and a UTF-8 JSON object with a
 ``"type"``. Parent to worker: ``init``, ``exec``, ``get_var``, ``list_vars``, ``call_result``,
 ``tool_result``. Worker to parent: ``hello``, ``ready``, ``fatal``, ``result``, ``var``, ``vars``,
-``call``, ``tool``. Nothing is ever pickled.
+``call``, ``tool``. Big strings (sub-call prompts and answers, long texts) would spend most of
+their time in JSON escaping, so a frame whose length has the top bit set is *segmented*: a
+4-byte header length, a JSON header in which ``"$segments"`` maps each big field to the UTF-8
+byte lengths of its string (or list of strings), then those raw bytes. Both sides check that
+the lengths add up exactly and decode strictly. Nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -48,9 +61,10 @@ from array import array
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ast
+    import socket
     import traceback
     from collections.abc import Callable
-    from types import FrameType
+    from types import FrameType, ModuleType
     from typing import Any
 
     from _typeshed import ReadableBuffer
@@ -59,10 +73,13 @@ if TYPE_CHECKING:
 # Wire format (shared with the parent)
 # --------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER_SIZE = 4
 MAX_FRAME_SIZE = 256 * 1024 * 1024
 """Largest frame either side accepts; sub-call prompts may carry big chunks of the context."""
+SEGMENT_MIN_CHARS = 32 * 1024
+"""A string field (or list of strings) at least this long travels as raw segments, not JSON."""
+SEGMENTS_KEY = "$segments"
 MAX_TEXT_CHARS = MAX_FRAME_SIZE // 4 - 4096
 """Longest text the worker puts in one frame (a variable's value, a final answer)."""
 TRACEBACK_CHARS = 3000
@@ -72,6 +89,8 @@ MAX_DEFINED_NAMES = 500
 CUT_MARKER = "\n... [{cut} characters cut] ...\n"
 CONTEXT_SEPARATOR = "\x00"
 """Joins the items of a ``list[str]`` context when no item contains it."""
+CONTEXT_FD = 3
+"""Where a worker forked by the fork server finds the context memfd."""
 RESERVED_NAMES = (
     "context",
     "llm_query",
@@ -85,9 +104,11 @@ RESERVED_NAMES = (
 ANSWER_NAME = "answer"
 
 _HEADER = struct.Struct(">I")
+_SEGMENTED = 0x8000_0000
 _CONTEXT_CHUNK = 4 * 1024 * 1024
 _LINES_BATCH = 4096
 _PIPE_SIZE = 1024 * 1024
+_READ_CHUNK = 16 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 _ModuleType = type(sys)
 
@@ -97,23 +118,105 @@ class FrameTooLargeError(ValueError):
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
-    """One frame: the length header and the JSON payload of ``message``.
+    """One frame: the length header and the payload of ``message``.
+
+    Top-level string fields (or lists of strings) of ``SEGMENT_MIN_CHARS`` or more travel as
+    raw UTF-8 segments; everything else is JSON. Lone surrogates become ``?`` either way.
 
     Raises:
         FrameTooLargeError: the payload exceeds ``MAX_FRAME_SIZE``.
         TypeError, ValueError: ``message`` is not plain JSON (NaN and infinities included).
     """
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    payload = text.encode("utf-8", "replace")  # a lone surrogate becomes "?", never invalid UTF-8
-    if len(payload) > MAX_FRAME_SIZE:
-        raise FrameTooLargeError(f"a {len(payload)}-byte frame exceeds {MAX_FRAME_SIZE} bytes")
+    table: dict[str, int | list[int]] = {}
+    segments: list[bytes] = []
+    for key, value in message.items():
+        if type(value) is str and len(value) >= SEGMENT_MIN_CHARS:
+            data = value.encode("utf-8", "replace")
+            table[key] = len(data)
+            segments.append(data)
+        elif type(value) is list and _is_long_text_list(value):
+            encoded = [item.encode("utf-8", "replace") for item in value]
+            table[key] = [len(data) for data in encoded]
+            segments += encoded
+    if table:
+        header = {key: value for key, value in message.items() if key not in table}
+        header[SEGMENTS_KEY] = table
+        head = _json_bytes(header)
+        size = HEADER_SIZE + len(head) + sum(map(len, segments))
+        _check_size(size)
+        return b"".join((_HEADER.pack(size | _SEGMENTED), _HEADER.pack(len(head)), head, *segments))
+    payload = _json_bytes(message)
+    _check_size(len(payload))
     return _HEADER.pack(len(payload)) + payload
 
 
-def frame_size(header: bytes) -> int:
+def _json_bytes(message: dict[str, Any]) -> bytes:
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8", "replace")  # a lone surrogate becomes "?", never invalid UTF-8
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_FRAME_SIZE:
+        raise FrameTooLargeError(f"a {size}-byte frame exceeds {MAX_FRAME_SIZE} bytes")
+
+
+def _is_long_text_list(value: list[Any]) -> bool:
+    total = 0
+    for item in value:
+        if type(item) is not str:
+            return False
+        total += len(item)
+    return total >= SEGMENT_MIN_CHARS
+
+
+def frame_size(header: bytes | bytearray) -> int:
     """The payload length a frame header announces."""
     size: int = _HEADER.unpack(header)[0]
-    return size
+    return size & ~_SEGMENTED
+
+
+def is_segmented(header: bytes | bytearray) -> bool:
+    """Whether the payload after this header is segmented (see the module docstring)."""
+    return bool(_HEADER.unpack(header)[0] & _SEGMENTED)
+
+
+def decode_segmented(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The message a segmented payload carries, its big fields put back as ``str``.
+
+    Raises:
+        ValueError: the header is not a JSON object with a valid ``"$segments"`` table, the
+            segment lengths do not add up to the payload exactly, or a segment is not UTF-8.
+    """
+    view = memoryview(payload)
+    if len(view) < HEADER_SIZE:
+        raise ValueError("a segmented frame without a header length")
+    head_size = frame_size(bytes(view[:HEADER_SIZE]))
+    offset = HEADER_SIZE + head_size
+    if offset > len(view):
+        raise ValueError("a segmented frame's header overruns the frame")
+    message = json.loads(bytes(view[HEADER_SIZE:offset]))
+    if not isinstance(message, dict):
+        raise ValueError("a segmented frame's header is not a JSON object")
+    table = message.pop(SEGMENTS_KEY, None)
+    if not isinstance(table, dict) or not table:
+        raise ValueError("a segmented frame without a segment table")
+    sizes_of: dict[str, list[int]] = {}
+    total = 0
+    for key, sizes in table.items():
+        listed = sizes if type(sizes) is list else [sizes]
+        if key in message or not all(type(size) is int and size >= 0 for size in listed):
+            raise ValueError(f"a bad segment entry for {key!r}")
+        sizes_of[key] = listed
+        total += sum(listed)
+    if offset + total != len(view):
+        raise ValueError("the segment lengths do not add up to the frame")
+    for key, listed in sizes_of.items():
+        texts = []
+        for size in listed:
+            texts.append(str(view[offset : offset + size], "utf-8"))
+            offset += size
+        message[key] = texts if type(table[key]) is list else texts[0]
+    return message
 
 
 def write_context(fd: int, context: object) -> dict[str, Any]:
@@ -275,7 +378,8 @@ class _Gate:
 
 
 class _Channel:
-    """Frames over the worker's private pipe descriptors, plus a line-based diagnostic stream."""
+    """Frames over the worker's private descriptors for the channel socket, plus a line-based
+    diagnostic stream."""
 
     def __init__(self, rfd: int, wfd: int, diag: int) -> None:
         self._rfd = rfd
@@ -302,21 +406,31 @@ class _Channel:
         payload = self._read_exact(size)
         if payload is None:
             return None
-        message = json.loads(payload)
+        message = decode_segmented(payload) if is_segmented(header) else json.loads(payload)
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise ValueError("a frame from the parent is not a typed JSON object")
         return message
 
-    def _read_exact(self, size: int) -> bytes | None:
-        chunks: list[bytes] = []
-        remaining = size
-        while remaining:
-            chunk = os.read(self._rfd, min(remaining, 16 * 1024 * 1024))
-            if not chunk:
+    def _read_exact(self, size: int) -> bytes | bytearray | None:
+        if size <= _PIPE_SIZE:
+            chunks: list[bytes] = []
+            remaining = size
+            while remaining:
+                chunk = os.read(self._rfd, remaining)
+                if not chunk:
+                    return None
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        buffer = bytearray(size)  # a big frame: read in place instead of joining copies
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            got = os.readv(self._rfd, [view[done : done + _READ_CHUNK]])
+            if not got:
                 return None
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            done += got
+        return buffer
 
     def send(self, message: dict[str, Any], gate: _Gate | None = None) -> None:
         self.send_frame(encode_frame(message), gate)
@@ -992,44 +1106,55 @@ def take_channel() -> tuple[_Channel, dict[int, tuple[int, int]]]:
     return channel, pipes
 
 
-def apply_isolation(config: dict[str, Any]) -> None:
-    """Narrow what the model's code can do, before any of it runs.
+def load_sandbox() -> ModuleType:
+    """``_sandbox.py`` from this file's directory, loaded by path (``-I`` keeps it off sys.path)."""
+    import importlib.util
 
-    Today: die with the parent, no core dumps, bounded address space and file size. The sandbox
-    layers (Landlock, seccomp, a network namespace) belong here as well. This runs while the
-    process still has a single thread (the output and channel threads start after it), which
-    layers that bind only the calling thread require; keep it that way.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox.py")
+    spec = importlib.util.spec_from_file_location("_rlm_sandbox", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the sandbox from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def apply_isolation(config: dict[str, Any], sandbox: ModuleType) -> list[str]:
+    """Narrow what the model's code can do, before any of it runs; the layers applied.
+
+    Dies with its parent (the SDK process, or the fork server), then applies the init frame's
+    sandbox policy (``_sandbox.apply_sandbox``): resource limits always, and in ``auto`` or
+    ``strict`` mode no_new_privs, a network namespace, dropped capabilities, Landlock and
+    seccomp. Those layers bind only the calling thread, so this runs while the process has a
+    single thread (the output and channel threads start after it); keep it that way.
+
+    Raises:
+        SandboxUnavailable: strict mode, and the host lacks a layer.
+        SandboxError: a layer failed half-way, or the process has more than one thread.
     """
     import ctypes
-    import resource
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != config.get("parent_pid", os.getppid()):
         os._exit(0)  # the parent died before the line above
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    for limit, value in (
-        (resource.RLIMIT_AS, config.get("memory_limit")),
-        (resource.RLIMIT_FSIZE, config.get("file_size_limit")),
-    ):
-        if value:
-            hard = resource.getrlimit(limit)[1]
-            value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
-            resource.setrlimit(limit, (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead
+    layers: list[str] = sandbox.apply_sandbox(config["sandbox"])
+    return layers
 
 
-def main() -> None:
+def main(sandbox: ModuleType | None = None) -> None:
     """Start, load the context, and serve until the parent goes away."""
     channel, pipes = take_channel()
     try:
-        _start(channel, pipes)
+        _start(channel, pipes, sandbox)
     except BaseException as exc:
         channel.diag(f"fatal: {type(exc).__name__}: {exc}")
         os._exit(1)
 
 
-def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
+def _start(
+    channel: _Channel, pipes: dict[int, tuple[int, int]], sandbox: ModuleType | None
+) -> None:
     import faulthandler
 
     faulthandler.enable(channel.diag_fd())  # a segfault leaves a Python traceback in the log
@@ -1043,7 +1168,13 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
     try:
         if config["type"] != "init" or config.get("protocol") != PROTOCOL_VERSION:
             raise ValueError(f"expected an init frame for protocol {PROTOCOL_VERSION}")
-        apply_isolation(config)
+        if sandbox is None:
+            sandbox = load_sandbox()
+        try:
+            layers = apply_isolation(config, sandbox)
+        except sandbox.SandboxError as exc:
+            channel.send({"type": "fatal", "kind": "isolation", "message": str(exc)})
+            os._exit(1)
         descriptor = dict(config["context"])
         fd = descriptor.get("fd")
         context = load_context(-1 if fd is None else int(fd), descriptor)
@@ -1054,9 +1185,10 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
         session = _Session(channel, gate, output, context, config)
         del context
     except BaseException as exc:
-        channel.send({"type": "fatal", "message": f"{type(exc).__name__}: {exc}"})
+        message = f"{type(exc).__name__}: {exc}"
+        channel.send({"type": "fatal", "kind": "start", "message": message})
         os._exit(1)
-    channel.send({"type": "ready", "load_s": time.perf_counter() - started})
+    channel.send({"type": "ready", "load_s": time.perf_counter() - started, "isolation": layers})
     session.serve()
 
 
@@ -1069,5 +1201,201 @@ def _install_builtins() -> None:
     builtins.__dict__["exit"] = builtins.__dict__["quit"] = exit
 
 
+# --------------------------------------------------------------------------------------------
+# The fork server
+# --------------------------------------------------------------------------------------------
+
+
+def serve_forks(control_fd: int, parent_pid: int) -> None:
+    """Fork a fresh worker per request on ``control_fd``; reap them and report how they ended.
+
+    A request is one ``SOCK_SEQPACKET`` record: a JSON object (``env``, ``cwd``, ``context``)
+    and, by ``SCM_RIGHTS``, a status socket, the worker's end of its channel socket, the write
+    end of its stderr pipe and, when ``context`` is true, the context memfd. Replies go to the
+    status socket: ``{"pid": N}`` (or ``{"error": "..."}``) at once, ``{"exit": returncode}``
+    (negative: killed by that signal) once the worker is reaped; then it is closed. When a
+    worker exits, what is left of its process group is killed before it is reaped, while the
+    group id cannot be reused.
+
+    The server dies with its parent (``PR_SET_PDEATHSIG``), and on EOF of the control socket it
+    kills every worker's process group, reaps them and exits. It stays single-threaded, so
+    forking is safe, and holds nothing a worker must not see: no context, no secret.
+    """
+    import ctypes
+    import socket
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sandbox = load_sandbox()
+    _warm_up(sandbox)
+    control = socket.socket(fileno=control_fd)
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, _no_op)  # a handler, so that SIGCHLD writes to the wakeup fd
+    children: dict[int, socket.socket] = {}
+    poller = select.poll()
+    poller.register(control.fileno(), select.POLLIN)
+    poller.register(wake_read, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if wake_read in ready:
+            with contextlib.suppress(OSError):
+                os.read(wake_read, 4096)
+            _reap(children)
+        if control.fileno() in ready:
+            try:
+                data, fds, flags, _ = socket.recv_fds(control, 65536, 8)
+            except OSError:
+                data, fds, flags = b"", [], 0
+            if not data and not fds:
+                _shutdown(children)
+                os._exit(0)
+            _fork_worker(data, fds, flags, control, children, sandbox)
+
+
+def _no_op(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that does nothing; the wakeup fd does the work."""
+
+
+def _warm_up(sandbox: ModuleType) -> None:
+    """Import now what every worker would import later, so a fork inherits it ready."""
+    import ast  # noqa: F401
+    import faulthandler  # noqa: F401
+    import linecache  # noqa: F401
+    import resource  # noqa: F401
+    import traceback  # noqa: F401
+
+    sandbox.probe()  # loads libc and libseccomp, so a worker's sandbox finds them mapped
+    import gc
+
+    gc.freeze()  # the collector leaves what exists now alone: fewer pages copied after a fork
+
+
+def _fork_worker(
+    data: bytes,
+    fds: list[int],
+    flags: int,
+    control: socket.socket,
+    children: dict[int, socket.socket],
+    sandbox: ModuleType,
+) -> None:
+    """Handle one request: fork the worker and answer on its status socket."""
+    import socket
+
+    status: socket.socket | None = None
+    try:
+        if flags & socket.MSG_CTRUNC or len(fds) < 3:
+            raise ValueError("a fork request without its descriptors")
+        status = socket.socket(fileno=fds[0])
+        spec = json.loads(data)
+        env, cwd, has_context = spec["env"], spec["cwd"], spec["context"]
+        if not (
+            isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+            and isinstance(cwd, str)
+            and isinstance(has_context, bool)
+            and len(fds) == 3 + has_context
+        ):
+            raise ValueError("a malformed fork request")
+        server = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                inherited = [control, status, *children.values()]
+                _become_worker(server, env, cwd, fds[1:], inherited, sandbox)
+            finally:
+                os._exit(1)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        for fd in fds[1:] if status is not None else fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if status is not None:
+            with contextlib.suppress(OSError):
+                status.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+            status.close()
+        return
+    for fd in fds[1:]:
+        os.close(fd)
+    children[pid] = status
+    with contextlib.suppress(OSError):  # the parent gave up: the worker ends at its channel's EOF
+        status.send(json.dumps({"pid": pid}).encode())
+
+
+def _become_worker(
+    server: int,
+    env: dict[str, str],
+    cwd: str,
+    fds: list[int],
+    inherited: list[socket.socket],
+    sandbox: ModuleType,
+) -> None:
+    """In the forked child: shed the server's state, take the request's descriptors, run."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for sock in inherited:
+        sock.detach()  # closed below with every other descriptor of the server
+    os.setsid()
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server:
+        os._exit(0)
+    channel, stderr, *context = fds
+    placed = [channel, channel, stderr, *context]  # fd 0/1: the channel, 2: stderr, 3: context
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in placed]
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
+    os.closerange(len(moved), 2**31 - 1)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[1:] = []
+    main(sandbox)
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Reap every exited worker; kill the rest of its group first, then report its status."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or not info.si_pid:
+            return
+        pid = info.si_pid
+        with contextlib.suppress(OSError):  # the zombie still holds the group id
+            os.killpg(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        _report_exit(children.pop(pid, None), status)
+
+
+def _report_exit(status_socket: socket.socket | None, status: int) -> None:
+    if status_socket is None:
+        return
+    with contextlib.suppress(OSError):
+        status_socket.send(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
+    status_socket.close()
+
+
+def _shutdown(children: dict[int, socket.socket]) -> None:
+    """The parent is gone: kill every worker's process group and reap them."""
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    for pid, status_socket in list(children.items()):
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            continue
+        _report_exit(status_socket, status)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--forkserver"]:
+        serve_forks(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()

@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._config import (
+    ANY_HOST,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_MB,
     DEFAULT_PORT,
@@ -95,12 +96,11 @@ def _config_from_args(args: argparse.Namespace, port: int) -> ServerConfig:
         defaults["default_max_depth"] = args.max_depth
     common = {
         "max_body_bytes": int(args.max_body_mb * 1024 * 1024),
-        "allowed_hosts": loopback_hosts(port) if is_loopback(args.host) else None,
+        "allowed_hosts": loopback_hosts(port) if is_loopback(args.host) else [ANY_HOST],
         **defaults,
     }
     if args.offline:
-        from rlm_sdk.cli._demo import niah_policy
-        from rlm_sdk.testing import ScriptedProvider
+        from rlm_sdk.testing import ScriptedProvider, niah_policy
 
         return ServerConfig(
             models=[OFFLINE_MODEL], provider=ScriptedProvider(niah_policy), offline=True, **common
@@ -149,7 +149,7 @@ def serve(args: argparse.Namespace) -> int:
                 "  OFFLINE DEMO: no language model is called. A scripted test/demo double plays the "
                 "model's part; it only knows how to find a magic number (try the demo haystack)."
             )
-        if config.allowed_hosts is None:
+        if config.allowed_hosts == [ANY_HOST]:
             print(
                 f"WARNING: bound to {args.host}, which is not a loopback address: anyone who can "
                 "reach it can start runs on your provider keys and read every run. Host-header "

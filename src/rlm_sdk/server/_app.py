@@ -26,7 +26,7 @@ import importlib.resources
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from rlm_sdk import ConfigurationError, Event
 from rlm_sdk._logging import get_logger
 from rlm_sdk._recorder import load_events
-from rlm_sdk.cli._demo import NIAH_QUERY, make_haystack
+from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
 from ._config import MAX_RUNS_KEPT, ServerConfig
 from ._http import (
@@ -118,8 +118,9 @@ class _Handlers:
         start = int(last) + 1 if last.isdigit() else 0
 
         async def produce(write: WriteText) -> None:
-            async for index, line in run.follow(start):
-                await write(sse(line, id=index))
+            async with aclosing(run.follow(start)) as events:
+                async for index, line in events:
+                    await write(sse(line, id=index))
             await write(sse_json(run.summary(), event="end"))
 
         return EventStream(produce)

@@ -16,6 +16,7 @@ from rlm_sdk._constants import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
 from rlm_sdk.providers import Provider
 
 __all__ = [
+    "ANY_HOST",
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_MB",
     "DEFAULT_PORT",
@@ -43,6 +44,7 @@ OFFLINE_MODEL = "scripted-niah"
 """The one model of ``--offline`` mode: a scripted stand-in, not a language model."""
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+ANY_HOST = "*"
 
 
 def is_loopback(host: str) -> bool:
@@ -70,7 +72,9 @@ class ServerConfig(BaseModel):
         offline: the provider is a scripted stand-in; the page says no model is called.
         max_body_bytes: largest request body accepted (a context upload, a chat request).
         allowed_hosts: accepted ``Host`` header values (``"127.0.0.1:8000"``), compared
-            case-insensitively; ``None`` accepts any (a server bound to a public address).
+            case-insensitively. ``None`` (the default) accepts the loopback names
+            (:data:`LOOPBACK_NAMES`) on any port; ``["*"]`` accepts any host, for a server
+            deliberately bound to a public address.
         default_max_iterations / default_max_depth: what a run gets when it names none.
         max_iterations_cap / max_depth_cap: the most a client may ask for.
     """

@@ -25,14 +25,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._config import HEARTBEAT_S
+from ._config import ANY_HOST, HEARTBEAT_S, LOOPBACK_NAMES
 
 __all__ = [
     "ApiError",
     "EventStream",
     "GuardMiddleware",
+    "WriteText",
     "error_response",
     "read_body",
+    "sse",
+    "sse_json",
+    "too_large",
     "until_disconnect",
 ]
 
@@ -217,8 +221,9 @@ def sse_json(payload: Any, *, event: str | None = None, id: int | None = None) -
 class GuardMiddleware:
     """Refuse foreign ``Host`` headers (400) and foreign ``Origin`` on writes (403); add headers.
 
-    With ``allowed_hosts=None`` any Host is accepted (a public bind, warned about at start),
-    and an ``Origin`` must then name the same host the request was sent to.
+    ``allowed_hosts`` as :class:`~rlm_sdk.server.ServerConfig` defines it: exact ``host:port``
+    values, ``None`` for the loopback names on any port, or ``["*"]`` for any host (then an
+    ``Origin`` must name the host the request was sent to).
     """
 
     def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] | None) -> None:
@@ -227,29 +232,35 @@ class GuardMiddleware:
             None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
         )
 
+    def _trusted(self, netloc: str, host: str) -> bool:
+        if self.allowed is None:
+            name = netloc if netloc.endswith("]") else netloc.rsplit(":", 1)[0]
+            return name in LOOPBACK_NAMES
+        if ANY_HOST in self.allowed:
+            return netloc == host
+        return netloc in self.allowed
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         host = headers.get("host", "").lower()
-        if self.allowed is not None and host not in self.allowed:
+        if not self._trusted(host, host):
+            accepted = sorted(self.allowed) if self.allowed is not None else LOOPBACK_NAMES
             await error_response(
                 400,
-                f"invalid Host header {host!r}: this server only answers to "
-                + ", ".join(sorted(self.allowed)),
+                f"invalid Host header {host!r}: this server only answers to " + ", ".join(accepted),
                 code="invalid_host",
             )(scope, receive, send)
             return
         origin = headers.get("origin")
-        if scope["method"] not in _SAFE_METHODS and origin is not None:
-            netloc = urlsplit(origin).netloc.lower()
-            trusted = self.allowed if self.allowed is not None else frozenset({host})
-            if netloc not in trusted:
-                await error_response(
-                    403, f"cross-origin request from {origin!r} refused", code="forbidden_origin"
-                )(scope, receive, send)
-                return
+        foreign = origin is not None and not self._trusted(urlsplit(origin).netloc.lower(), host)
+        if foreign and scope["method"] not in _SAFE_METHODS:
+            await error_response(
+                403, f"cross-origin request from {origin!r} refused", code="forbidden_origin"
+            )(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from rlm_sdk._exceptions import ProviderError, RLMError
 from rlm_sdk._logging import get_logger
 from rlm_sdk._types import RLMResult
 
-__all__ = ["RunRegistry", "RunStatus", "ServerRun"]
+__all__ = ["EventSink", "Job", "RunRegistry", "RunStatus", "ServerRun"]
 
 RunStatus = Literal["running", "finished", "cancelled", "error", "saved"]
 EventSink = Callable[[Event], None]
@@ -65,7 +65,7 @@ class ServerRun:
         """Wait until an event is added or the run ends."""
         await self._changed.wait()
 
-    async def follow(self, start: int = 0) -> AsyncIterator[tuple[int, str]]:
+    async def follow(self, start: int = 0) -> AsyncGenerator[tuple[int, str], None]:
         """Every event from index ``start`` on, waiting for new ones until the run is done."""
         index = start
         while True:

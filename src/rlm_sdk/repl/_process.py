@@ -1,0 +1,539 @@
+"""Starting REPL worker processes, and the one handle the client drives them through.
+
+Why: a worker can start in two ways, and the client should not care which.
+
+- Directly (:func:`spawn_direct`): one ``python -I _worker.py`` per worker. Simple, but every
+  start costs ~25 ms of CPU, so a hundred runs starting at once saturate the cores and starve
+  the event loop; and the fork happens in this (possibly big) process.
+- Forked by a :class:`ForkServer`: one warm ``python -I _worker.py --forkserver`` process,
+  started once, that forks each worker in about a millisecond (see ``_worker.serve_forks``).
+
+Either way the worker gets the same things: a Unix socket for its channel (fd 0/1), a pipe for
+its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory, and a
+session and process group of its own. :class:`WorkerProcess` is the interface over both: pid,
+``wait`` (the returncode), ``kill`` (the whole group), the channel and the stderr pipe. Exits
+are seen through a pidfd (direct) or the fork server's report (forked), never through a thread
+blocked in ``waitpid``, so closing a session costs about what the kernel needs to tear the
+worker down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from rlm_sdk._constants import (
+    FORKSERVER_EXIT_GRACE,
+    FORKSERVER_MAX_FAILURES,
+    WORKER_ENV_ALLOWLIST,
+)
+
+from . import _worker
+
+__all__ = [
+    "WORKER_PATH",
+    "ForkServer",
+    "ForkServerUnavailable",
+    "WorkerChannel",
+    "WorkerProcess",
+    "scrubbed_environ",
+    "spawn_direct",
+]
+
+WORKER_PATH = os.path.abspath(_worker.__file__)
+_CHUNK = 64 * 1024
+_REPLY_SIZE = 4096
+_SEND_RETRY = 0.001
+
+
+class ForkServerUnavailable(Exception):
+    """The fork server could not fork a worker; the caller starts one directly instead."""
+
+
+class _ServerGone(ForkServerUnavailable):
+    """The fork server's end of a socket closed: it has most likely died."""
+
+
+def scrubbed_environ() -> dict[str, str]:
+    """The only variables of this process's environment a worker (or the fork server) sees."""
+    return {key: os.environ[key] for key in WORKER_ENV_ALLOWLIST if key in os.environ}
+
+
+class WorkerChannel:
+    """The parent's end of a worker's channel socket: whole frames out, exact byte counts in.
+
+    A non-blocking socket driven with :func:`anyio.wait_readable`/``wait_writable``; a big
+    frame is received straight into one buffer rather than joined from chunks.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._pending = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        """Send all of ``data``. Raises OSError (or ClosedResourceError) if the peer is gone."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+                continue
+            view = view[sent:]
+
+    async def receive_exactly(self, size: int) -> bytes | bytearray:
+        """The next ``size`` bytes. Raises EOFError if the channel ends first."""
+        pending = self._pending
+        if size <= _CHUNK:  # small frames: read ahead, so a burst costs one syscall per chunk
+            while len(pending) < size:
+                pending += await self._receive(_CHUNK)
+            data = bytes(pending[:size])
+            del pending[:size]
+            return data
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = len(pending)
+        view[:done] = pending
+        pending.clear()
+        while done < size:
+            try:
+                got = self._sock.recv_into(view[done:])
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            if not got:
+                raise EOFError
+            done += got
+        return buffer
+
+    async def _receive(self, size: int) -> bytes:
+        while True:
+            try:
+                data = self._sock.recv(size)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            if not data:
+                raise EOFError
+            return data
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+
+
+class WorkerProcess:
+    """One worker process, however it was started.
+
+    Attributes:
+        pid: the worker's pid, which is also its process group and session id.
+        channel: the protocol channel.
+        stderr: the non-blocking read end of the worker's own stderr (its diagnostics).
+        parent_pid: the process the worker must die with (this one, or the fork server).
+        context_fd: where the worker finds the context memfd, if there is one.
+        returncode: set once the worker is reaped; negative for a signal.
+        lost: why ``returncode`` is not the worker's own (its server died), if so.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        channel: WorkerChannel,
+        stderr: int,
+        *,
+        parent_pid: int,
+        context_fd: int | None,
+    ) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.stderr = stderr
+        self.parent_pid = parent_pid
+        self.context_fd = context_fd
+        self.returncode: int | None = None
+        self.lost: str | None = None
+        self._waiting: anyio.Event | None = None
+        self._killed = False
+        self._closed = False
+
+    async def wait(self) -> int:
+        """Wait until the worker exits, kill what is left of its group, reap it: its returncode."""
+        while self.returncode is None:
+            if self._waiting is not None:  # one task waits on the descriptor, the others on it
+                await self._waiting.wait()
+                continue
+            self._waiting = event = anyio.Event()
+            try:
+                await self._wait_for_exit()
+            finally:
+                self._waiting = None
+                event.set()
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (it and everything it started).
+
+        Once is enough: the group cannot grow after its members got SIGKILL (a fork racing
+        with the signal is restarted by the kernel, and fails).
+        """
+        if self.returncode is None and not self._killed:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def interrupt(self) -> None:
+        """SIGINT the worker: a KeyboardInterrupt in the running cell."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGINT)
+
+    def read_stderr(self) -> bytes:
+        """What the worker's stderr pipe holds right now (b"" at EOF or when it is empty)."""
+        chunks = []
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self.stderr, _CHUNK):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Close every descriptor held for the worker; idempotent. Does not kill it."""
+        if self._closed:
+            return
+        self._closed = True
+        self.channel.close()
+        anyio.notify_closing(self.stderr)
+        os.close(self.stderr)
+        self._close_extra()
+
+    async def _wait_for_exit(self) -> None:
+        raise NotImplementedError
+
+    def _close_extra(self) -> None:
+        pass
+
+
+class _DirectProcess(WorkerProcess):
+    """A worker this process started itself: exit seen through a pidfd, reaped here."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        pidfd: int,
+        channel: WorkerChannel,
+        stderr: int,
+        context_fd: int | None,
+    ) -> None:
+        super().__init__(popen.pid, channel, stderr, parent_pid=os.getpid(), context_fd=context_fd)
+        self._popen = popen
+        self._pidfd = pidfd
+
+    async def _wait_for_exit(self) -> None:
+        await anyio.wait_readable(self._pidfd)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # at once: the zombie still holds the group id
+        self.returncode = self._popen.wait()
+
+    def _close_extra(self) -> None:
+        anyio.notify_closing(self._pidfd)
+        os.close(self._pidfd)
+
+
+class _ForkedProcess(WorkerProcess):
+    """A worker the fork server forked: it reaps it and reports the status on a socket."""
+
+    def __init__(
+        self,
+        pid: int,
+        status: socket.socket,
+        channel: WorkerChannel,
+        stderr: int,
+        *,
+        server_pid: int,
+        context_fd: int | None,
+    ) -> None:
+        super().__init__(pid, channel, stderr, parent_pid=server_pid, context_fd=context_fd)
+        self._status = status
+
+    async def _wait_for_exit(self) -> None:
+        reply = await _receive_reply(self._status)
+        code = None if reply is None else reply.get("exit")
+        if isinstance(code, int) and not isinstance(code, bool):
+            self.returncode = code
+            return
+        # The fork server died: so did the worker (it dies with the server), unreaped here.
+        self.lost = "the fork server exited"
+        self.returncode = -signal.SIGKILL
+
+    def _close_extra(self) -> None:
+        anyio.notify_closing(self._status)
+        self._status.close()
+
+
+def spawn_direct(
+    worker_path: str, *, env: Mapping[str, str], cwd: str, memfd: int | None
+) -> WorkerProcess:
+    """Start ``python -I worker_path`` as a worker: channel on fd 0/1, stderr on a pipe.
+
+    Synchronous (it forks); raises OSError when the interpreter cannot be started.
+    """
+    parent_end, child_end = socket.socketpair()
+    err_read, err_write = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-I", worker_path],
+            stdin=child_end.fileno(),
+            stdout=child_end.fileno(),
+            stderr=err_write,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            pass_fds=() if memfd is None else (memfd,),
+        )
+    except BaseException:
+        parent_end.close()
+        os.close(err_read)
+        raise
+    finally:
+        child_end.close()
+        os.close(err_write)
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        parent_end.close()
+        os.close(err_read)
+        raise
+    os.set_blocking(err_read, False)
+    return _DirectProcess(popen, pidfd, WorkerChannel(parent_end), err_read, memfd)
+
+
+class ForkServer:
+    """A warm process that forks REPL workers on request: ~1 ms of CPU per worker, not ~25.
+
+    Share one among the sessions of a process (``REPLSession(..., forkserver=server)``); each
+    session still gets a fresh worker with its own environment, directory, process group and
+    sandbox. The server holds no context and no secret: it runs with the same scrubbed
+    environment as a worker and only forks on request.
+
+    It starts lazily, with the first worker asked of it (or on ``async with``), and dies with
+    this process. If it dies, the next request starts a new one; a request it cannot serve
+    raises, and the session starts its worker directly instead (after
+    ``FORKSERVER_MAX_FAILURES`` failures in a row it stops trying). :meth:`aclose` kills the
+    workers it forked that are still running, then the server, and reaps it.
+
+    It keeps no event-loop objects between calls, so one instance can serve several
+    ``anyio.run`` calls in turn. Like every worker, it dies with the thread that started it
+    (``PR_SET_PDEATHSIG``): start it from a thread that lives as long as it is needed.
+    """
+
+    def __init__(self) -> None:
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._closed = False
+        self._failures = 0
+        self.starts = 0
+        """How many server processes were started (more than one: it died and was replaced)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        popen = self._popen
+        return popen.pid if popen is not None and popen.returncode is None else None
+
+    async def __aenter__(self) -> Self:
+        self._ensure_running()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the server: its workers' process groups are killed, and it is reaped.
+
+        Idempotent; afterwards sessions using it start their workers directly.
+        """
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._stop()
+
+    async def spawn(
+        self, *, env: Mapping[str, str], cwd: str, memfd: int | None, reply_within: float
+    ) -> WorkerProcess:
+        """Fork a worker (internal to the REPL client); a server found dead is replaced once.
+
+        Raises:
+            ForkServerUnavailable: closed, failing, or no answer within ``reply_within`` s.
+        """
+        for attempt in (1, 2):
+            self._ensure_running()
+            popen = self._popen
+            assert popen is not None
+            try:
+                process = await self._request(env, cwd, memfd, reply_within)
+            except _ServerGone:
+                with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
+                    await _wait_child_exit(popen.pid)
+                if popen.poll() is None:
+                    raise
+                self._failures += 1  # it died: start another one, once
+                if attempt == 2 or self._failures >= FORKSERVER_MAX_FAILURES:
+                    raise
+                continue
+            self._failures = 0
+            return process
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ensure_running(self) -> None:
+        """Start the server unless it runs; synchronous, so concurrent callers start one."""
+        if self._closed:
+            raise ForkServerUnavailable("the fork server is closed")
+        if self._popen is not None and self._popen.poll() is None:
+            return
+        self._discard()
+        if self._failures >= FORKSERVER_MAX_FAILURES:
+            raise ForkServerUnavailable(f"the fork server failed {self._failures} times in a row")
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd = child_end.fileno()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-I", WORKER_PATH, "--forkserver", str(fd), str(os.getpid())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                env=scrubbed_environ(),
+                start_new_session=True,
+                pass_fds=(fd,),
+            )
+        except OSError as exc:
+            self._failures += 1
+            parent_end.close()
+            raise ForkServerUnavailable(f"could not start the fork server: {exc}") from exc
+        finally:
+            child_end.close()
+        parent_end.setblocking(False)
+        self._popen, self._control = popen, parent_end
+        self.starts += 1
+
+    async def _request(
+        self, env: Mapping[str, str], cwd: str, memfd: int | None, reply_within: float
+    ) -> WorkerProcess:
+        assert self._popen is not None and self._control is not None
+        server_pid, control = self._popen.pid, self._control
+        status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel, channel_child = socket.socketpair()
+        err_read, err_write = os.pipe()
+        ours = [status, channel]
+        try:
+            spec = {"env": dict(env), "cwd": cwd, "context": memfd is not None}
+            fds = [status_child.fileno(), channel_child.fileno(), err_write]
+            fds += [] if memfd is None else [memfd]
+            try:
+                await _send_request(control, json.dumps(spec).encode(), fds)
+            finally:
+                status_child.close()
+                channel_child.close()
+                os.close(err_write)
+            status.setblocking(False)
+            with anyio.move_on_after(reply_within):
+                reply = await _receive_reply(status)
+                pid = None if reply is None else reply.get("pid")
+                if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                    os.set_blocking(err_read, False)
+                    context_fd = None if memfd is None else _worker.CONTEXT_FD
+                    return _ForkedProcess(
+                        pid,
+                        status,
+                        WorkerChannel(channel),
+                        err_read,
+                        server_pid=server_pid,
+                        context_fd=context_fd,
+                    )
+                if reply is None:
+                    raise _ServerGone("the fork server closed the request")
+                raise ForkServerUnavailable(f"the fork server answered {reply!r}")
+            raise ForkServerUnavailable(f"the fork server did not answer within {reply_within:g} s")
+        except BaseException:
+            for sock in ours:
+                sock.close()
+            os.close(err_read)
+            raise
+
+    async def _stop(self) -> None:
+        """Close the control socket (the server then kills its workers and exits); reap it."""
+        popen, control = self._popen, self._control
+        self._popen = self._control = None
+        if control is not None:
+            anyio.notify_closing(control)
+            control.close()
+        if popen is None:
+            return
+        with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
+            await _wait_child_exit(popen.pid)
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+
+    def _discard(self) -> None:
+        """Forget a server that has exited (``poll`` reaped it)."""
+        if self._control is not None:
+            self._control.close()
+        self._popen = self._control = None
+
+
+async def _send_request(control: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Send one request record; a full queue is retried (several tasks may send at once)."""
+    while True:
+        try:
+            socket.send_fds(control, [data], fds)
+            return
+        except BlockingIOError:
+            await anyio.sleep(_SEND_RETRY)
+        except OSError as exc:
+            raise _ServerGone(f"the fork server is gone: {exc}") from exc
+
+
+async def _receive_reply(status: socket.socket) -> dict[str, Any] | None:
+    """The next JSON record on a status socket; None once it is closed (or garbled)."""
+    while True:
+        try:
+            data = status.recv(_REPLY_SIZE)
+        except BlockingIOError:
+            await anyio.wait_readable(status)
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
+
+
+async def _wait_child_exit(pid: int) -> None:
+    """Wait until ``pid`` has exited (without reaping it)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        await anyio.wait_readable(pidfd)
+    finally:
+        anyio.notify_closing(pidfd)
+        os.close(pidfd)

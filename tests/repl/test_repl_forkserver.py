@@ -1,0 +1,274 @@
+"""Workers forked by a ForkServer: same behaviour as direct ones, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from repl_helpers import open_fds, process_state, running, wait_not_running
+from structlog.testing import capture_logs
+
+from rlm_sdk.repl import ForkServer, REPLSession, _process
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ForkServer]:
+    async with ForkServer() as forkserver:
+        yield forkserver
+
+
+async def test_worker_is_forked_by_the_server_and_runs_cells(server: ForkServer) -> None:
+    """A session with a fork server gets a forked worker: its parent is the server."""
+    async with REPLSession(["a", "b"], forkserver=server) as repl:
+        result = await repl.run_cell("import os\nprint(context, os.getppid(), os.getpid())")
+        items, parent, pid = result.stdout.rsplit(" ", 2)
+        assert items == "['a', 'b']"
+        assert int(parent) == server.pid
+        assert int(pid) == repl.pid
+        assert os.getpgid(int(pid)) == int(pid)  # its own process group
+        assert repl.isolation_layers[:2] == ["rlimits", "no_new_privs"]
+    assert server.starts == 1
+
+
+async def test_forked_workers_are_independent(server: ForkServer) -> None:
+    """Two forked workers have their own namespace, directory and environment."""
+    async with (
+        REPLSession("one", forkserver=server, env={"WHO": "one"}) as first,
+        REPLSession("two", forkserver=server, env={"WHO": "two"}) as second,
+    ):
+        code = "import os\nx = context\nprint(os.getcwd(), os.environ['WHO'], x)"
+        a = (await first.run_cell(code)).stdout.split()
+        b = (await second.run_cell(code)).stdout.split()
+        assert a[1:] == ["one", "one"]
+        assert b[1:] == ["two", "two"]
+        assert a[0] != b[0]
+
+
+async def test_provider_keys_reach_neither_the_server_nor_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server starts with the scrubbed environment; a worker sees only its own."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-forkserver")
+    async with (
+        ForkServer() as forkserver,
+        REPLSession(forkserver=forkserver, env={"EXTRA": "1"}) as repl,
+    ):
+        result = await repl.run_cell("import os\nprint(sorted(os.environ))")
+        assert "OPENAI_API_KEY" not in result.stdout
+        assert "EXTRA" in result.stdout
+        assert forkserver.pid is not None
+        environ = Path(f"/proc/{forkserver.pid}/environ").read_bytes()
+        assert b"sk-secret-forkserver" not in environ
+        assert b"OPENAI_API_KEY" not in environ
+
+
+async def test_exit_codes_and_signals_are_reported(server: ForkServer) -> None:
+    """os._exit and a segfault in a forked worker are reported with the code or the signal."""
+    async with REPLSession("ctx", forkserver=server) as repl:
+        exited = await repl.run_cell("import os\nos._exit(3)")
+        assert exited.error is not None
+        assert "exited with code 3" in exited.error.message
+        crashed = await repl.run_cell("import ctypes\nctypes.string_at(0)")
+        assert crashed.restarted
+        assert crashed.error is not None
+        assert "SIGSEGV" in crashed.error.message
+        assert "Segmentation fault" in crashed.error.traceback
+        assert (await repl.run_cell("context")).stdout == "'ctx'\n"
+        assert repl.restarts == 2
+
+
+async def test_timeouts_interrupt_then_kill_and_restart(server: ForkServer) -> None:
+    """A forked worker gets SIGINT at the deadline, and is replaced if it ignores it."""
+    async with REPLSession(forkserver=server, cell_timeout=0.3) as repl:
+        await repl.run_cell("kept = 1")
+        looping = await repl.run_cell("while True:\n    pass")
+        assert looping.error is not None
+        assert looping.error.type == "KeyboardInterrupt"
+        assert (await repl.run_cell("kept")).stdout == "1\n"
+        pid = repl.pid
+        assert pid is not None
+        stubborn = await repl.run_cell(
+            "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(5)"
+        )
+        assert stubborn.restarted
+        assert wait_not_running(pid)
+
+
+async def test_close_kills_the_group_and_the_worker_is_reaped_at_once(server: ForkServer) -> None:
+    """After aclose the worker is gone (not a zombie) and its grandchild dies too."""
+    async with REPLSession(forkserver=server, allow_subprocess=True) as repl:
+        result = await repl.run_cell(
+            "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)"
+        )
+        child = int(result.stdout)
+        pid = repl.pid
+        assert pid is not None
+        assert running(child)
+        await repl.aclose()
+        assert process_state(pid) is None
+    assert wait_not_running(child)
+
+
+async def test_cancellation_kills_a_forked_worker(server: ForkServer) -> None:
+    """Cancelling run_cell kills the forked worker at once; the next cell gets a new one."""
+    async with REPLSession(forkserver=server) as repl:
+        await repl.wait_ready()
+        pid = repl.pid
+        assert pid is not None
+        started = time.perf_counter()
+        with anyio.move_on_after(0.3):
+            await repl.run_cell("import time\ntime.sleep(30)")
+        assert time.perf_counter() - started < 1.5
+        assert wait_not_running(pid)
+        after = await repl.run_cell("1")
+        assert after.stdout == "1\n"
+        assert after.restarted
+
+
+async def test_a_dead_server_is_replaced_and_its_workers_are_restarted(server: ForkServer) -> None:
+    """Killing the server kills its workers; the next cell restarts through a new server."""
+    async with REPLSession("ctx", forkserver=server) as repl:
+        await repl.run_cell("x = 1")
+        old_server, old_worker = server.pid, repl.pid
+        assert old_server is not None and old_worker is not None
+        os.kill(old_server, signal.SIGKILL)
+        with anyio.fail_after(5):
+            while running(old_worker):  # let the session notice, as a cell would a while later
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        with anyio.fail_after(10):
+            result = await repl.run_cell("print(context, 'x' in dir())")
+        assert result.stdout == "ctx False\n"
+        assert result.restarted
+        assert result.notice is not None
+        assert "the fork server exited" in result.notice
+        assert server.starts == 2
+        assert server.pid not in (None, old_server)
+        assert process_state(old_server) is None  # reaped
+
+
+async def test_a_closed_server_means_direct_spawns(server: ForkServer) -> None:
+    """Once the server is closed, sessions still work: their workers start directly."""
+    await server.aclose()
+    assert server.pid is None
+    with capture_logs() as logs:
+        async with REPLSession(forkserver=server) as repl:
+            result = await repl.run_cell("import os\nprint(os.getppid())")
+            assert int(result.stdout) == os.getpid()
+    assert any(entry["event"] == "rlm.forkserver_unavailable" for entry in logs)
+
+
+async def test_a_server_that_cannot_start_falls_back_to_direct_spawns(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A server that dies at once is given up after a few tries; workers start directly."""
+    broken = tmp_path / "broken_server.py"
+    broken.write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(_process, "WORKER_PATH", str(broken))
+    async with ForkServer() as forkserver:
+        for _ in range(4):
+            with anyio.fail_after(10):
+                async with REPLSession(forkserver=forkserver) as repl:
+                    result = await repl.run_cell("import os\nprint(os.getppid())")
+                    assert int(result.stdout) == os.getpid()
+        assert forkserver.starts <= 3
+
+
+async def test_closing_the_server_kills_its_workers(server: ForkServer) -> None:
+    """aclose on the server kills the workers it forked and reaps the server."""
+    async with REPLSession(forkserver=server) as repl:
+        await repl.wait_ready()
+        pid, server_pid = repl.pid, server.pid
+        assert pid is not None and server_pid is not None
+        await server.aclose()
+        assert process_state(server_pid) is None
+        assert wait_not_running(pid)
+        after = await repl.run_cell("import os\nprint(os.getppid())")
+        assert after.restarted
+        assert int(after.stdout) == os.getpid()
+
+
+async def test_twenty_sessions_at_once_leak_nothing(server: ForkServer) -> None:
+    """20 forked workers at once all work; fds and processes are as they were after."""
+    async with REPLSession(forkserver=server) as warmup:
+        await warmup.run_cell("1")
+    before = open_fds()
+    pids: list[int] = []
+
+    async def one(index: int) -> None:
+        async with REPLSession(f"context {index}", forkserver=server, start_timeout=30) as repl:
+            result = await repl.run_cell("context")
+            assert result.stdout == f"'context {index}'\n"
+            assert repl.pid is not None
+            pids.append(repl.pid)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(20):
+            tg.start_soon(one, index)
+    await anyio.sleep(0.1)
+    assert open_fds() == before
+    assert len(set(pids)) == 20
+    assert all(process_state(pid) is None for pid in pids)
+
+
+async def test_a_malformed_request_is_refused_and_the_server_lives_on(server: ForkServer) -> None:
+    """A request the server cannot read gets an error reply; the next one is served."""
+    server._ensure_running()
+    control = server._control
+    assert control is not None
+    status, status_child = _process.socket.socketpair(
+        _process.socket.AF_UNIX, _process.socket.SOCK_SEQPACKET
+    )
+    with status, status_child:
+        _process.socket.send_fds(control, [b"not json"], [status_child.fileno(), 0, 1])
+        status.settimeout(5)
+        assert b"error" in status.recv(4096)
+    async with REPLSession(forkserver=server) as repl:
+        assert (await repl.run_cell("1 + 1")).stdout == "2\n"
+    assert server.starts == 1
+
+
+async def test_server_and_workers_die_with_the_sdk_process(tmp_path: Path) -> None:
+    """When the SDK process is SIGKILLed, its fork server and the forked worker die too."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import anyio
+            from rlm_sdk.repl import ForkServer, REPLSession
+
+            async def main():
+                async with ForkServer() as server, REPLSession(forkserver=server) as repl:
+                    await repl.wait_ready()
+                    print(server.pid, repl.pid, flush=True)
+                    await anyio.sleep(60)
+
+            anyio.run(main)
+            """
+        )
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert parent.stdout is not None
+        server, worker = map(int, parent.stdout.readline().split())
+        assert running(server) and running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout:
+            parent.stdout.close()
+    assert wait_not_running(server)
+    assert wait_not_running(worker)
