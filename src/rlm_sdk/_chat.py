@@ -164,7 +164,7 @@ class Completions:
             try:
                 return await self.create(messages=messages, model=model, context=context, **ignored)
             finally:
-                await self._rlm.aclose()
+                await self._rlm._close_providers()
 
         return run_sync(main, name="create_sync", async_name="create")
 

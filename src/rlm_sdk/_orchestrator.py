@@ -78,7 +78,7 @@ from ._types import (
     Usage,
 )
 from .providers import ChatMessage, CompletionRequest, CompletionResponse, Provider, resolve_model
-from .repl import ContextData, REPLSession, SubCallRequest
+from .repl import ContextData, ForkServer, IsolationMode, REPLSession, SubCallRequest
 
 __all__ = ["EventHandler", "RecursiveLM"]
 
@@ -149,6 +149,7 @@ class _Run:
     trajectory: Trajectory
     limiter: anyio.CapacityLimiter
     cell: CellRecord | None = None
+    isolation: list[str] = field(default_factory=list)
 
     def emit(self, cls: type[EventBase], **fields: Any) -> None:
         if not self.tree.sinks:
@@ -199,6 +200,16 @@ class RecursiveLM:
         tools: functions that live in this process and can be called from the REPL.
         prices: USD per million (prompt, completion) tokens by model string, for models
             whose provider reports no cost; used for usage and ``Limits.max_cost``.
+        isolation: the REPL worker's sandbox. ``"auto"`` applies every layer the host
+            supports (listed in ``RLMResult.isolation``); ``"strict"`` raises
+            :class:`IsolationError` if one is missing; ``"none"`` applies only resource limits
+            and is for trusted code.
+        allow_network: let the model's code open network connections.
+        allow_subprocess: let the model's code start processes.
+        readable_paths: more paths the model's code may read.
+        memory_limit: bytes of address space per worker (default: sized from the context).
+        forkserver: share this fork server (which this object then does not close); by
+            default the object starts its own on first use and closes it in :meth:`aclose`.
         on_event: called with every event of every run, in order (see the event types).
         verbose: render each run live in the terminal (needs ``rich``).
     """
@@ -221,6 +232,12 @@ class RecursiveLM:
         max_tokens: int | None = None,
         tools: Mapping[str, Callable[..., Any]] | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
+        isolation: IsolationMode = "auto",
+        allow_network: bool = False,
+        allow_subprocess: bool = False,
+        readable_paths: Sequence[str] = (),
+        memory_limit: int | None = None,
+        forkserver: ForkServer | None = None,
         on_event: EventHandler | None = None,
         verbose: bool = False,
     ) -> None:
@@ -252,6 +269,19 @@ class RecursiveLM:
         self.tools = dict(tools or {})
         self._tool_docs = {_tool_signature(n, f): _first_line(f) for n, f in self.tools.items()}
         self.prices = dict(prices or {})
+        self._repl_options: dict[str, Any] = {
+            "isolation": isolation,
+            "allow_network": allow_network,
+            "allow_subprocess": allow_subprocess,
+            "readable_paths": tuple(readable_paths),
+            "memory_limit": memory_limit,
+            "cell_timeout": cell_timeout,
+            "output_limit": output_limit,
+        }
+        if isolation not in ("auto", "strict", "none"):
+            raise ConfigurationError(f"isolation must be 'auto', 'strict' or 'none', not {isolation!r}")
+        self._owns_forkserver = forkserver is None
+        self._forkserver = forkserver or ForkServer()
         self.on_event = on_event
         self.verbose = verbose
         self._provider = provider
@@ -271,7 +301,20 @@ class RecursiveLM:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the providers this object created (not one passed in)."""
+        """Close the providers this object created (not one passed in) and its fork server."""
+        try:
+            await self._close_providers()
+        finally:
+            if self._owns_forkserver:  # a fresh one, unstarted, keeps this object usable
+                closing, self._forkserver = self._forkserver, ForkServer()
+                await closing.aclose()
+
+    async def _close_providers(self) -> None:
+        """What a sync call must close before its event loop ends: the HTTP clients.
+
+        The fork server keeps no event-loop state, so it stays up for the next call (it dies
+        with this process, or in :meth:`aclose`).
+        """
         owned, self._owned = self._owned, {}
         for provider in owned.values():
             await provider.aclose()
@@ -328,7 +371,7 @@ class RecursiveLM:
             try:
                 return await self.acomplete(context, query, on_event=on_event)
             finally:
-                await self.aclose()  # owned HTTP clients belong to this call's event loop
+                await self._close_providers()  # HTTP clients belong to this call's event loop
 
         return run_sync(main, name="complete")
 
@@ -390,7 +433,7 @@ class RecursiveLM:
                     items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
                 )
             finally:
-                await self.aclose()
+                await self._close_providers()
 
         return run_sync(main, name="batch")
 
@@ -504,6 +547,7 @@ class RecursiveLM:
             wall_time_s=time.perf_counter() - started,
             usage=run.tree.usage.model_copy(deep=True),
             trajectory=run.trajectory,
+            isolation=run.isolation,
             error=error,
         )
 
@@ -550,9 +594,14 @@ class RecursiveLM:
                 with anyio.move_on_after(_FIRST_SEND_WAIT):
                     await first.sent.wait()
                 async with REPLSession(
-                    context, handler=handler, tools=self.tools, cell_timeout=self.cell_timeout
+                    context,
+                    handler=handler,
+                    tools=self.tools,
+                    forkserver=self._forkserver,
+                    **self._repl_options,
                 ) as repl:
                     answer, reason = await self._turns(run, repl, messages, first)
+                    run.isolation = repl.isolation_layers
         run.emit(FinalAnswer, answer=answer or "", source=reason)
         result = self._result(run, answer, reason, started)
         run.emit(RunFinished, result=result)
@@ -649,15 +698,7 @@ class RecursiveLM:
                 CellFinished,
                 iteration=turn.iteration,
                 cell=index,
-                stdout=record.stdout,
-                stderr=record.stderr,
-                error_type=record.error_type,
-                error=record.error,
-                duration_s=record.duration_s,
-                restarted=record.restarted,
-                timed_out=record.timed_out,
-                final_answer=record.final_answer,
-                notice=record.notice,
+                **record.model_dump(exclude={"code", "sub_calls"}),
             )
             if result.restarted:
                 run.emit(WorkerRestarted, reason=record.error or "the worker was restarted")
@@ -807,14 +848,7 @@ class RecursiveLM:
         run.emit(
             SubCallFinished,
             call_id=call_id,
-            kind=kind,
-            model=model,
-            response=record.response,
-            error=record.error,
-            duration_s=record.duration_s,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            cost=record.cost,
+            **record.model_dump(exclude={"depth", "prompt", "child"}),
         )
         return record.response
 

@@ -16,11 +16,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from pydantic import BaseModel
+
 from ._events import (
     CellFinished,
     CellStarted,
     ChildRunStarted,
     Event,
+    EventBase,
     ModelResponse,
     RunFinished,
     RunStarted,
@@ -175,33 +178,16 @@ def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
         if isinstance(ev, TurnStarted):
             t.turns.append(TurnRecord(iteration=ev.iteration, model=t.model, reply=""))
         elif isinstance(ev, ModelResponse) and ev.purpose != "sub_call" and t.turns:
-            turn = t.turns[-1]
-            turn.model, turn.reply, turn.latency_s = ev.model, ev.text, ev.latency_s
-            turn.prompt_tokens, turn.completion_tokens, turn.cost = (
-                ev.prompt_tokens,
-                ev.completion_tokens,
-                ev.cost,
-            )
+            _update(t.turns[-1], ev)
+            t.turns[-1].reply = ev.text
         elif isinstance(ev, TurnFinished) and t.turns:
-            t.turns[-1].feedback, t.turns[-1].final_answer = ev.feedback, ev.final_answer
+            _update(t.turns[-1], ev)
         elif isinstance(ev, CellStarted) and t.turns:
             cell = CellRecord(code=ev.code)
             t.turns[-1].cells.append(cell)
             open_cell[rid] = cell
         elif isinstance(ev, CellFinished) and rid in open_cell:
-            cell = open_cell.pop(rid)
-            cell.stdout, cell.stderr, cell.error_type, cell.error = (
-                ev.stdout,
-                ev.stderr,
-                ev.error_type,
-                ev.error,
-            )
-            cell.duration_s, cell.restarted, cell.timed_out = (
-                ev.duration_s,
-                ev.restarted,
-                ev.timed_out,
-            )
-            cell.final_answer, cell.notice = ev.final_answer, ev.notice
+            _update(open_cell.pop(rid), ev)
         elif isinstance(ev, SubCallStarted):
             record = SubCallRecord(
                 kind=ev.kind, model=ev.model, depth=ev.depth + 1, prompt=ev.prompt, response=""
@@ -210,13 +196,7 @@ def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
             if rid in open_cell:
                 open_cell[rid].sub_calls.append(record)
         elif isinstance(ev, SubCallFinished) and ev.call_id in calls:
-            record = calls[ev.call_id]
-            record.response, record.error, record.duration_s = ev.response, ev.error, ev.duration_s
-            record.prompt_tokens, record.completion_tokens, record.cost = (
-                ev.prompt_tokens,
-                ev.completion_tokens,
-                ev.cost,
-            )
+            _update(calls[ev.call_id], ev)
         elif isinstance(ev, ChildRunStarted) and ev.call_id in calls:
             children[ev.child_run_id] = calls[ev.call_id]
         elif isinstance(ev, RunFinished):
@@ -224,6 +204,15 @@ def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
             if ev.parent_run_id is None:
                 results[rid] = ev.result
     return [SavedRun(t, results.get(t.run_id), item) for t, item in roots]
+
+
+def _update(record: BaseModel, event: BaseModel) -> None:
+    """Copy the fields an event and a record share from the event onto the record."""
+    for name in type(record).model_fields.keys() & type(event).model_fields.keys() - _EVENT_ONLY:
+        setattr(record, name, getattr(event, name))
+
+
+_EVENT_ONLY = frozenset(EventBase.model_fields) | {"type"}
 
 
 def load_runs(path: str | os.PathLike[str]) -> list[SavedRun]:

@@ -201,3 +201,85 @@ async def test_tool_failures_raise_runtime_error_in_the_cell() -> None:
         assert bad_args.error is not None
         assert bad_args.error.type == "TypeError"
         assert "JSON" in bad_args.error.message
+
+
+class Budget:
+    """A handler that counts every prompt and answers "Error: budget" once ``limit`` is spent."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.prompts: list[str] = []
+
+    async def __call__(self, request: SubCallRequest) -> list[str]:
+        answers = []
+        for prompt in request.prompts:
+            self.prompts.append(prompt)
+            over = len(self.prompts) > self.limit
+            answers.append("Error: budget" if over else f"ok:{prompt}")
+        return answers
+
+
+async def test_a_flood_of_sub_calls_each_reaches_the_handler_once() -> None:
+    """1000 llm_query calls in a loop are 1000 handler calls; over budget they get errors."""
+    handler = Budget(limit=600)
+    async with REPLSession(handler=handler) as repl:
+        result = await repl.run_cell(
+            "out = [llm_query(str(i)) for i in range(1000)]\n"
+            "print(out[599], out[600], sum(a == 'Error: budget' for a in out))"
+        )
+        assert result.stdout == "ok:599 Error: budget 400\n"
+        assert handler.prompts == [str(i) for i in range(1000)]
+        after = await repl.run_cell("llm_query('more')")  # the session goes on
+        assert after.stdout == "'Error: budget'\n"
+        assert not after.restarted
+    assert len(handler.prompts) == 1001
+
+
+async def test_forged_call_frames_still_go_through_the_handler() -> None:
+    """Call frames a cell writes straight onto the channel are counted by the handler too."""
+    handler = Budget(limit=10)
+    async with REPLSession(handler=handler) as repl:
+        result = await repl.run_cell(
+            "import fcntl, json, os, stat, struct\n"
+            "capture = {os.fstat(1).st_ino, os.fstat(2).st_ino}\n"
+            "def writes_out(fd):  # a pipe's write end that is not the cell's own output\n"
+            "    try:\n"
+            "        info = os.fstat(fd)\n"
+            "        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE\n"
+            "    except OSError:\n"
+            "        return False\n"
+            "    return stat.S_ISFIFO(info.st_mode) and mode == os.O_WRONLY and info.st_ino not in capture\n"
+            "targets = [fd for fd in range(3, 256) if writes_out(fd)]\n"
+            "for i in range(500):\n"
+            "    body = json.dumps({'type': 'call', 'id': 10**9 + i, 'kind': 'llm',\n"
+            "                       'prompts': [f'forged {i}'], 'model': None, 'batched': False})\n"
+            "    for fd in targets:\n"
+            "        os.write(fd, struct.pack('>I', len(body)) + body.encode())\n"
+            "print(llm_query('real'))"
+        )
+        assert result.error is None, result.error
+        assert result.stdout == "Error: budget\n"
+        assert handler.prompts == [f"forged {i}" for i in range(500)] + ["real"]
+        assert (await repl.run_cell("1 + 1")).stdout == "2\n"
+
+
+async def test_big_prompts_and_answers_cross_intact() -> None:
+    """32 prompts of 120 KB go to the handler and big answers come back, byte for byte."""
+    seen: list[SubCallRequest] = []
+
+    async def echo(request: SubCallRequest) -> list[str]:
+        seen.append(request)
+        return [prompt[::-1] + "é" for prompt in request.prompts]
+
+    async with REPLSession(handler=echo) as repl:
+        result = await repl.run_cell(
+            "prompts = [('ünï ✓ %d ' % i) * 12_000 for i in range(32)]\n"
+            "answers = llm_query_batched(prompts)\n"
+            "print(all(a == p[::-1] + 'é' for a, p in zip(answers, prompts)), len(answers))\n"
+            "print(llm_query('x' * 200_000 + '\\ud800') == '?' + 'x' * 200_000 + 'é')"
+        )
+        assert result.error is None, result.error
+        assert result.stdout == "True 32\nTrue\n"
+    assert [len(request.prompts) for request in seen] == [32, 1]
+    assert seen[0].prompts[5] == "ünï ✓ 5 " * 12_000
+    assert seen[1].prompts[0] == "x" * 200_000 + "?"  # a lone surrogate becomes "?", as in JSON

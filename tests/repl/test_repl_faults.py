@@ -189,12 +189,13 @@ async def test_provider_keys_do_not_reach_the_worker(monkeypatch: pytest.MonkeyP
     [(b"\xff\xff\xff\xffgarbage", "byte frame"), (b"\x00\x00\x00\x05hello", "invalid frame")],
 )
 async def test_garbage_on_the_channel_is_a_protocol_error(junk: bytes, message: str) -> None:
-    """Junk written to the protocol channel (oversized or not JSON) raises WorkerProtocolError."""
-    code = (  # the channel is the worker's only socket; /proc is out of the sandbox's reach
-        "import os, stat\n"
+    """Junk written to the protocol pipe (oversized or not JSON) raises WorkerProtocolError."""
+    code = (  # probed with fstat: /proc is out of the sandbox's reach
+        "import fcntl, os, stat\n"
         "for fd in range(3, 256):\n"
         "    try:\n"
-        "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+        "        pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
+        "        if pipe and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
         f"            os.write(fd, {junk!r})\n"
         "    except OSError:\n"
         "        pass\n"
@@ -209,6 +210,42 @@ async def test_garbage_on_the_channel_is_a_protocol_error(junk: bytes, message: 
         after = await repl.run_cell("1 + 1")
         assert after.stdout == "2\n"
         assert after.restarted
+
+
+async def test_a_segmented_frame_that_does_not_add_up_is_a_protocol_error() -> None:
+    """A segmented frame whose segment table lies about the sizes raises WorkerProtocolError."""
+    code = (
+        "import fcntl, json, os, stat, struct\n"
+        "head = json.dumps({'type': 'call', 'id': 1, 'kind': 'llm', 'model': None,\n"
+        "                   'batched': False, '$segments': {'prompts': [10**6]}}).encode()\n"
+        "payload = struct.pack('>I', len(head)) + head + b'short'\n"
+        "frame = struct.pack('>I', len(payload) | 0x80000000) + payload\n"
+        "for fd in range(3, 256):\n"
+        "    try:\n"
+        "        pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
+        "        if pipe and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:\n"
+        "            os.write(fd, frame)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "import time; time.sleep(5)"
+    )
+    async with REPLSession() as repl:
+        pid = repl.pid
+        assert pid is not None
+        with pytest.raises(WorkerProtocolError, match="invalid frame"):
+            await repl.run_cell(code)
+        assert wait_not_running(pid)
+        assert (await repl.run_cell("1 + 1")).restarted
+
+
+async def test_close_returns_with_the_worker_reaped() -> None:
+    """When aclose returns, the worker (holding a 40 MB context) is killed and already reaped."""
+    async with REPLSession("x" * 40_000_000) as repl:
+        await repl.run_cell("y = context.upper()")
+        pid = repl.pid
+        assert pid is not None
+        await repl.aclose()
+        assert process_state(pid) is None
 
 
 async def test_cancellation_mid_cell_returns_promptly_and_kills_the_worker() -> None:

@@ -21,6 +21,14 @@ from rlm_sdk.repl import ForkServer, REPLSession, _process
 pytestmark = pytest.mark.integration
 
 
+async def noticed_dead(*sessions: REPLSession) -> None:
+    """Wait until each session has seen its worker exit (its pid is then None)."""
+    with anyio.fail_after(5):
+        for repl in sessions:
+            while repl.pid is not None:
+                await anyio.sleep(0.01)
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[ForkServer]:
     async with ForkServer() as forkserver:
@@ -142,10 +150,7 @@ async def test_a_dead_server_is_replaced_and_its_workers_are_restarted(server: F
         old_server, old_worker = server.pid, repl.pid
         assert old_server is not None and old_worker is not None
         os.kill(old_server, signal.SIGKILL)
-        with anyio.fail_after(5):
-            while running(old_worker):  # let the session notice, as a cell would a while later
-                await anyio.sleep(0.01)
-        await anyio.sleep(0.1)
+        await noticed_dead(repl)  # as a cell a while later would find it
         with anyio.fail_after(10):
             result = await repl.run_cell("print(context, 'x' in dir())")
         assert result.stdout == "ctx False\n"
@@ -155,6 +160,38 @@ async def test_a_dead_server_is_replaced_and_its_workers_are_restarted(server: F
         assert server.starts == 2
         assert server.pid not in (None, old_server)
         assert process_state(old_server) is None  # reaped
+
+
+async def test_sessions_noticing_a_dead_server_together_share_one_replacement(
+    server: ForkServer,
+) -> None:
+    """Five sessions whose workers died with the server restart through one new server."""
+    async with (
+        REPLSession(forkserver=server) as a,
+        REPLSession(forkserver=server) as b,
+        REPLSession(forkserver=server) as c,
+        REPLSession(forkserver=server) as d,
+        REPLSession(forkserver=server) as e,
+    ):
+        sessions = [a, b, c, d, e]
+        for repl in sessions:
+            await repl.wait_ready()
+        old_server = server.pid
+        assert old_server is not None
+        os.kill(old_server, signal.SIGKILL)
+        await noticed_dead(*sessions)
+        parents: list[int] = []
+
+        async def run(repl: REPLSession) -> None:
+            result = await repl.run_cell("import os\nprint(os.getppid())")
+            parents.append(int(result.stdout))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for repl in sessions:
+                    tg.start_soon(run, repl)
+        assert server.starts == 2
+        assert set(parents) == {server.pid}
 
 
 async def test_a_closed_server_means_direct_spawns(server: ForkServer) -> None:
@@ -192,7 +229,8 @@ async def test_closing_the_server_kills_its_workers(server: ForkServer) -> None:
         assert pid is not None and server_pid is not None
         await server.aclose()
         assert process_state(server_pid) is None
-        assert wait_not_running(pid)
+        await noticed_dead(repl)
+        assert not running(pid)
         after = await repl.run_cell("import os\nprint(os.getppid())")
         assert after.restarted
         assert int(after.stdout) == os.getpid()
@@ -230,7 +268,7 @@ async def test_a_malformed_request_is_refused_and_the_server_lives_on(server: Fo
         _process.socket.AF_UNIX, _process.socket.SOCK_SEQPACKET
     )
     with status, status_child:
-        _process.socket.send_fds(control, [b"not json"], [status_child.fileno(), 0, 1])
+        _process.socket.send_fds(control, [b"not json"], [status_child.fileno(), 0, 1, 2])
         status.settimeout(5)
         assert b"error" in status.recv(4096)
     async with REPLSession(forkserver=server) as repl:
@@ -272,3 +310,70 @@ async def test_server_and_workers_die_with_the_sdk_process(tmp_path: Path) -> No
             parent.stdout.close()
     assert wait_not_running(server)
     assert wait_not_running(worker)
+
+
+def test_one_server_serves_successive_event_loops() -> None:
+    """A ForkServer started lazily in one anyio.run keeps serving the next ones."""
+    server = ForkServer()
+
+    async def session() -> int | None:
+        async with REPLSession(forkserver=server) as repl:
+            assert (await repl.run_cell("1 + 1")).stdout == "2\n"
+        return server.pid
+
+    first = anyio.run(session)
+    second = anyio.run(session)
+    assert first is not None
+    assert first == second
+    assert server.starts == 1
+    anyio.run(server.aclose)
+    assert server.pid is None
+    assert process_state(first) is None
+
+
+async def test_a_forked_worker_holds_none_of_the_servers_descriptors(server: ForkServer) -> None:
+    """A forked worker holds no socket at all: no control or status socket of the server."""
+    code = (
+        "import os, stat\n"
+        "sockets = 0\n"
+        "for fd in range(1024):\n"
+        "    try:\n"
+        "        sockets += stat.S_ISSOCK(os.fstat(fd).st_mode)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(sockets)"
+    )
+    async with (
+        REPLSession("first", forkserver=server) as first,
+        REPLSession("second", forkserver=server) as second,
+    ):
+        await first.wait_ready()
+        assert (await second.run_cell(code)).stdout == "0\n"
+        assert (await first.run_cell(code)).stdout == "0\n"
+
+
+async def test_forked_workers_do_not_share_random_state(server: ForkServer) -> None:
+    """Each forked worker draws its own random numbers (the generator is reseeded per fork)."""
+    code = "import random, os\nprint(random.random(), os.urandom(8).hex())"
+    async with (
+        REPLSession(forkserver=server) as first,
+        REPLSession(forkserver=server) as second,
+    ):
+        assert (await first.run_cell(code)).stdout != (await second.run_cell(code)).stdout
+
+
+async def test_closing_right_after_the_fork_kills_the_worker(server: ForkServer) -> None:
+    """A session closed before its worker is even set up still kills it, promptly."""
+    for _ in range(30):
+        started = time.perf_counter()
+        async with REPLSession(forkserver=server) as repl:
+            pid = repl.pid
+        assert time.perf_counter() - started < 2
+        assert pid is not None
+        assert process_state(pid) is None
+    assert server.pid is not None
+    assert _children(server.pid) == []
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
 
 import rlm_sdk.repl
-from rlm_sdk.repl import _worker
+from rlm_sdk import WorkerProtocolError
+from rlm_sdk.repl import _client, _worker
 from rlm_sdk.repl._types import WORKER_FRAMES, CallFrame, ResultFrame
 
 
@@ -130,3 +134,101 @@ def test_public_names_are_exported_and_sorted() -> None:
     names = rlm_sdk.repl.__all__
     assert names == sorted(names)
     assert all(hasattr(rlm_sdk.repl, name) for name in names)
+
+
+BIG = _worker.SEGMENT_MIN_CHARS
+
+
+def test_big_strings_travel_as_raw_segments() -> None:
+    """Long string lists and strings become segments after a small JSON header, and round-trip."""
+    prompts = ["ünï ✓ " * (BIG // 4), "", "plain"]
+    message = {"type": "call", "id": 7, "prompts": prompts, "text": "t" * BIG, "small": "s"}
+    frame = _worker.encode_frame(message)
+    header = frame[:4]
+    assert _worker.is_segmented(header)
+    assert _worker.frame_size(header) == len(frame) - 4
+    head_size = int.from_bytes(frame[4:8], "big")
+    head = json.loads(frame[8 : 8 + head_size])
+    sizes = [len(p.encode()) for p in prompts]
+    assert head == {
+        "type": "call",
+        "id": 7,
+        "small": "s",
+        "$segments": {"prompts": sizes, "text": BIG},
+    }
+    assert frame[8 + head_size :] == "".join(prompts).encode() + b"t" * BIG
+    assert _worker.decode_segmented(frame[4:]) == message
+
+
+def test_small_messages_stay_plain_json() -> None:
+    """Below SEGMENT_MIN_CHARS, and for lists that are not all strings, frames are plain JSON."""
+    for message in (
+        {"type": "call", "prompts": ["a" * (BIG - 1)]},
+        {"type": "tool", "args": ["a" * BIG, 1]},
+    ):
+        frame = _worker.encode_frame(message)
+        assert not _worker.is_segmented(frame[:4])
+        assert json.loads(frame[4:]) == message
+
+
+def test_segmented_frames_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segmented message larger than MAX_FRAME_SIZE cannot be encoded either."""
+    monkeypatch.setattr(_worker, "MAX_FRAME_SIZE", BIG)
+    with pytest.raises(_worker.FrameTooLargeError):
+        _worker.encode_frame({"type": "call", "prompts": ["y" * BIG]})
+
+
+def _segmented(head: object, body: bytes) -> bytes:
+    raw = json.dumps(head).encode()
+    return len(raw).to_bytes(4, "big") + raw + body
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\x00\x00", id="no-header-length"),
+        pytest.param(b"\x00\x00\x00\xff{}", id="header-overrun"),
+        pytest.param(_segmented([1], b""), id="header-not-an-object"),
+        pytest.param(_segmented({"type": "call"}, b"abc"), id="no-table"),
+        pytest.param(_segmented({"type": "call", "$segments": {"p": [2]}}, b"abc"), id="short"),
+        pytest.param(_segmented({"type": "call", "$segments": {"p": [4]}}, b"abc"), id="long"),
+        pytest.param(_segmented({"type": "call", "$segments": {"p": [-1, 4]}}, b"abc"), id="neg"),
+        pytest.param(_segmented({"type": "call", "$segments": {"p": [True]}}, b"a"), id="bool"),
+        pytest.param(_segmented({"type": "x", "p": 1, "$segments": {"p": 1}}, b"a"), id="clash"),
+        pytest.param(_segmented({"type": "x", "$segments": {"p": [2]}}, b"\xff\xfe"), id="utf8"),
+    ],
+)
+def test_malformed_segmented_frames_are_refused(payload: bytes) -> None:
+    """Segment tables that do not add up exactly, or bytes that are not UTF-8, raise ValueError."""
+    with pytest.raises(ValueError):  # noqa: PT011 - every kind of malformation
+        _worker.decode_segmented(payload)
+    header = (len(payload) | 0x8000_0000).to_bytes(4, "big")
+    with pytest.raises(WorkerProtocolError, match="invalid frame"):
+        _client._parse_frame(header, payload)
+
+
+def test_the_parent_validates_segmented_frames_like_json_ones() -> None:
+    """A segmented call frame becomes a CallFrame; one with a wrong field type is refused."""
+    good = _worker.encode_frame(
+        {"type": "call", "id": 1, "kind": "llm", "prompts": ["p" * BIG], "model": None,
+         "batched": True}
+    )  # fmt: skip
+    frame = _client._parse_frame(good[:4], good[4:])
+    assert isinstance(frame, CallFrame)
+    assert frame.prompts == ["p" * BIG]
+    bad = _worker.encode_frame({"type": "call", "id": 1, "kind": "llm", "prompts": "p" * BIG})
+    with pytest.raises(WorkerProtocolError):
+        _client._parse_frame(bad[:4], bad[4:])
+
+
+def test_the_worker_reads_segmented_frames() -> None:
+    """The worker's channel reassembles a big segmented reply read from its socket."""
+    parent, child = socket.socketpair()
+    with parent, child:
+        message = {"type": "call_result", "id": 3, "results": ["r" * 3_000_000, "é" * BIG]}
+        frame = _worker.encode_frame(message)
+        sender = threading.Thread(target=parent.sendall, args=(frame,))
+        sender.start()
+        channel = _worker._Channel(child.fileno(), child.fileno(), -1)
+        assert channel.read() == message
+        sender.join()

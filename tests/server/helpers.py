@@ -80,16 +80,35 @@ def sleeping_policy(request: CompletionRequest) -> str:
 
 
 def repl_workers() -> set[int]:
-    """Pids of this process's REPL worker children (Linux ``/proc``; empty elsewhere)."""
+    """Pids of REPL workers below this process (Linux ``/proc``; empty elsewhere).
+
+    A worker is a process running ``_worker.py``, started directly or forked by the fork
+    server; the fork server itself (a direct child with ``--forkserver``) is not one.
+    """
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    me = os.getpid()
     pids: set[int] = set()
-    for children in Path("/proc/self/task").glob("*/children"):
-        for pid in children.read_text().split():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"_worker.py" in cmdline:
-                pids.add(int(pid))
+    for pid, cmdline in cmdlines.items():
+        if b"_worker.py" not in cmdline:
+            continue
+        if parents.get(pid) == me and b"--forkserver" in cmdline:
+            continue  # the fork server
+        p = pid
+        while p in parents and p > 1:
+            p = parents[p]
+            if p == me:
+                pids.add(pid)
+                break
     return pids
 
 

@@ -134,7 +134,7 @@ class _Worker:
         """Set once the worker is ready or never will be."""
         self.finished = anyio.Event()
         """Set once the process is reaped, its descriptors closed and its waiters woken."""
-        self.send_lock = anyio.Lock()
+        self.send_lock = anyio.Lock(fast_acquire=True)
         self.waiters: dict[int, _Waiter] = {}
         self.in_flight: set[anyio.CancelScope] = set()
         self.handlers: anyio.abc.TaskGroup | None = None
@@ -340,7 +340,7 @@ class REPLSession:
                 "other processes",
             )
         self._workdir = tempfile.mkdtemp(prefix="rlm-repl-")
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
         self._prepared = anyio.Event()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -377,7 +377,12 @@ class REPLSession:
                 await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
-        """Kill the worker's process group, reap it and remove its directory; idempotent."""
+        """Kill the worker's process group, reap it and remove its directory; idempotent.
+
+        When it returns, the worker has been killed and reaped. It is on every run's critical
+        path, so it waits on the worker's exit (a pidfd, or the fork server's report), not on
+        its pipes, and leaves freeing a big context's pages to a short-lived thread.
+        """
         if self._state == "closed":
             return
         was_open = self._state == "open"
@@ -390,6 +395,7 @@ class REPLSession:
                 worker.kill()
                 with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
                     await worker.finished.wait()
+                worker.scope.cancel()  # it would not die: stop reading it anyway
             if self._memfd is not None:
                 if self._prepared is not None:
                     await self._prepared.wait()  # the writing thread must be done with the fd
@@ -408,6 +414,9 @@ class REPLSession:
         Raises:
             WorkerStartError: it failed or missed ``start_timeout``; the message carries the end
                 of its stderr.
+            IsolationError: the sandbox ``isolation`` asks for cannot be applied on this host
+                (``"strict"`` and a layer is missing, or a layer failed half-way). The worker
+                is not restarted: every later operation raises it again.
         """
         await self._await_ready(self._current())
 
@@ -423,8 +432,9 @@ class REPLSession:
 
         Errors in the code, timeouts and a crashing worker are reported in the result; the
         session keeps working. Raises :class:`~rlm_sdk.WorkerProtocolError` if the worker sent
-        garbage (it is killed; the next call starts a new one) and
-        :class:`~rlm_sdk.WorkerCrashedError` if a needed restart failed.
+        garbage (it is killed; the next call starts a new one),
+        :class:`~rlm_sdk.WorkerCrashedError` if a needed restart failed, and
+        :class:`~rlm_sdk.IsolationError` as :meth:`wait_ready` does.
         """
         limit = self._cell_timeout if timeout is None else timeout
         _check_positive("timeout", limit)
@@ -561,7 +571,7 @@ class REPLSession:
         process: WorkerProcess | None = None
         if self._forkserver is not None:
             try:
-                process = await self._forkserver.spawn(
+                process = await self._forkserver._spawn(
                     env=env,
                     cwd=self._workdir,
                     memfd=self._memfd,
@@ -694,7 +704,10 @@ class REPLSession:
             except _READ_ENDS:
                 return  # the worker is gone, possibly in the middle of a frame
             self._dispatch(worker, _parse_frame(header, payload))
-            await anyio.lowlevel.checkpoint()  # a flood of frames must not starve the loop
+            # Yield before waiting again: the handler just started (or the caller just woken)
+            # runs first, so a reply goes out before this task re-arms its wait; and a flood
+            # of frames cannot starve the loop.
+            await anyio.lowlevel.checkpoint()
 
     def _dispatch(self, worker: _Worker, frame: Any) -> None:
         if isinstance(frame, CallFrame):

@@ -8,8 +8,8 @@ Why: a worker can start in two ways, and the client should not care which.
 - Forked by a :class:`ForkServer`: one warm ``python -I _worker.py --forkserver`` process,
   started once, that forks each worker in about a millisecond (see ``_worker.serve_forks``).
 
-Either way the worker gets the same things: a Unix socket for its channel (fd 0/1), a pipe for
-its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory, and a
+Either way the worker gets the same things: a pipe each way for its channel (fd 0/1), a pipe
+for its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory, and a
 session and process group of its own. :class:`WorkerProcess` is the interface over both: pid,
 ``wait`` (the returncode), ``kill`` (the whole group), the channel and the stderr pipe. Exits
 are seen through a pidfd (direct) or the fork server's report (forked), never through a thread
@@ -20,12 +20,14 @@ worker down.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import weakref
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -52,6 +54,8 @@ __all__ = [
 
 WORKER_PATH = os.path.abspath(_worker.__file__)
 _CHUNK = 64 * 1024
+_PIPE_SIZE = 1024 * 1024
+_MAX_STDERR_READS = 16
 _REPLY_SIZE = 4096
 _SEND_RETRY = 0.001
 
@@ -70,34 +74,45 @@ def scrubbed_environ() -> dict[str, str]:
 
 
 class WorkerChannel:
-    """The parent's end of a worker's channel socket: whole frames out, exact byte counts in.
+    """The parent's ends of a worker's channel: whole frames out, exact byte counts in.
 
-    A non-blocking socket driven with :func:`anyio.wait_readable`/``wait_writable``; a big
-    frame is received straight into one buffer rather than joined from chunks.
+    Two pipes (one each way) rather than a socket pair: a pipe round trip costs the kernel
+    less, and a bridge call is one round trip. Driven with :func:`anyio.wait_readable` and
+    ``wait_writable``. Small frames are read ahead into a reused buffer (a burst costs one
+    ``read`` per 64 KiB); a big frame is read straight into one buffer of its size rather than
+    joined from chunks.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        for fd in (read_fd, write_fd):
+            os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups for big frames
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self._read_fd = read_fd
+        self._write_fd = write_fd
         self._pending = bytearray()
+        self._chunk = bytearray(_CHUNK)
+        self._drained = True
+        """The last read emptied the pipe: wait for it to be readable before the next one."""
+        self._closed = False
 
     async def send(self, data: bytes) -> None:
         """Send all of ``data``. Raises OSError (or ClosedResourceError) if the peer is gone."""
         view = memoryview(data)
         while view:
             try:
-                sent = self._sock.send(view)
+                written = os.write(self._write_fd, view)
             except BlockingIOError:
-                await anyio.wait_writable(self._sock)
+                await anyio.wait_writable(self._write_fd)
                 continue
-            view = view[sent:]
+            view = view[written:]
 
     async def receive_exactly(self, size: int) -> bytes | bytearray:
         """The next ``size`` bytes. Raises EOFError if the channel ends first."""
         pending = self._pending
-        if size <= _CHUNK:  # small frames: read ahead, so a burst costs one syscall per chunk
+        if size <= _CHUNK:
             while len(pending) < size:
-                pending += await self._receive(_CHUNK)
+                await self._read_into(self._chunk, pending)
             data = bytes(pending[:size])
             del pending[:size]
             return data
@@ -107,31 +122,39 @@ class WorkerChannel:
         view[:done] = pending
         pending.clear()
         while done < size:
+            done += await self._read_into(view[done:], None)
+        return buffer
+
+    async def _read_into(self, target: bytearray | memoryview, pending: bytearray | None) -> int:
+        """Read once into ``target`` (appended to ``pending`` if given); waits when drained."""
+        while True:
+            if self._drained:
+                await anyio.wait_readable(self._read_fd)
             try:
-                got = self._sock.recv_into(view[done:])
+                got = os.readv(self._read_fd, [target])
             except BlockingIOError:
-                await anyio.wait_readable(self._sock)
+                self._drained = True
                 continue
             if not got:
                 raise EOFError
-            done += got
-        return buffer
-
-    async def _receive(self, size: int) -> bytes:
-        while True:
-            try:
-                data = self._sock.recv(size)
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            if not data:
-                raise EOFError
-            return data
+            self._drained = got < len(target)
+            if pending is not None:
+                pending += memoryview(target)[:got]
+            return got
 
     def close(self) -> None:
-        if self._sock.fileno() >= 0:
-            anyio.notify_closing(self._sock)
-            self._sock.close()
+        if not self._closed:
+            self._closed = True
+            for fd in (self._read_fd, self._write_fd):
+                anyio.notify_closing(fd)
+                os.close(fd)
+
+
+def _channel_pipes() -> tuple[WorkerChannel, int, int]:
+    """A channel and the worker's ends of it: the pipe it reads, the pipe it writes."""
+    worker_in, parent_out = os.pipe()
+    parent_in, worker_out = os.pipe()
+    return WorkerChannel(parent_in, parent_out), worker_in, worker_out
 
 
 class WorkerProcess:
@@ -182,15 +205,20 @@ class WorkerProcess:
         return self.returncode
 
     def kill(self) -> None:
-        """SIGKILL the worker's whole process group (it and everything it started).
+        """SIGKILL the worker and its whole process group (everything it started).
 
         Once is enough: the group cannot grow after its members got SIGKILL (a fork racing
         with the signal is restarted by the kernel, and fails).
         """
         if self.returncode is None and not self._killed:
             self._killed = True
+            for kill in (os.kill, os.killpg):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(self.pid, signal.SIGKILL)
+            # A worker killed right after its fork may not have made its group yet (setsid):
+            # signal the process itself too, or the kill would be lost.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
 
     def interrupt(self) -> None:
         """SIGINT the worker: a KeyboardInterrupt in the running cell."""
@@ -199,10 +227,16 @@ class WorkerProcess:
                 os.kill(self.pid, signal.SIGINT)
 
     def read_stderr(self) -> bytes:
-        """What the worker's stderr pipe holds right now (b"" at EOF or when it is empty)."""
+        """What the worker's stderr pipe holds now, up to 1 MiB (b"" when empty or at EOF).
+
+        Bounded, because a process that escaped the group may still be writing to it.
+        """
         chunks = []
-        with contextlib.suppress(BlockingIOError, OSError):
-            while chunk := os.read(self.stderr, _CHUNK):
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing more for now
+            for _ in range(_MAX_STDERR_READS):
+                chunk = os.read(self.stderr, _CHUNK)
+                if not chunk:
+                    break
                 chunks.append(chunk)
         return b"".join(chunks)
 
@@ -287,13 +321,13 @@ def spawn_direct(
 
     Synchronous (it forks); raises OSError when the interpreter cannot be started.
     """
-    parent_end, child_end = socket.socketpair()
+    channel, worker_in, worker_out = _channel_pipes()
     err_read, err_write = os.pipe()
     try:
         popen = subprocess.Popen(
             [sys.executable, "-I", worker_path],
-            stdin=child_end.fileno(),
-            stdout=child_end.fileno(),
+            stdin=worker_in,
+            stdout=worker_out,
             stderr=err_write,
             cwd=cwd,
             env=dict(env),
@@ -301,22 +335,22 @@ def spawn_direct(
             pass_fds=() if memfd is None else (memfd,),
         )
     except BaseException:
-        parent_end.close()
+        channel.close()
         os.close(err_read)
         raise
     finally:
-        child_end.close()
-        os.close(err_write)
+        for fd in (worker_in, worker_out, err_write):
+            os.close(fd)
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError:
         os.killpg(popen.pid, signal.SIGKILL)
         popen.wait()
-        parent_end.close()
+        channel.close()
         os.close(err_read)
         raise
     os.set_blocking(err_read, False)
-    return _DirectProcess(popen, pidfd, WorkerChannel(parent_end), err_read, memfd)
+    return _DirectProcess(popen, pidfd, channel, err_read, memfd)
 
 
 class ForkServer:
@@ -343,6 +377,7 @@ class ForkServer:
         self._control: socket.socket | None = None
         self._closed = False
         self._failures = 0
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.starts = 0
         """How many server processes were started (more than one: it died and was replaced)."""
 
@@ -373,10 +408,10 @@ class ForkServer:
         with anyio.CancelScope(shield=True):
             await self._stop()
 
-    async def spawn(
+    async def _spawn(
         self, *, env: Mapping[str, str], cwd: str, memfd: int | None, reply_within: float
     ) -> WorkerProcess:
-        """Fork a worker (internal to the REPL client); a server found dead is replaced once.
+        """Fork a worker for a REPL session; a server found dead is replaced once.
 
         Raises:
             ForkServerUnavailable: closed, failing, or no answer within ``reply_within`` s.
@@ -388,14 +423,16 @@ class ForkServer:
             try:
                 process = await self._request(env, cwd, memfd, reply_within)
             except _ServerGone:
-                with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
-                    await _wait_child_exit(popen.pid)
+                if popen.returncode is None:  # not yet reaped (by another request noticing)
+                    with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
+                        await _wait_child_exit(popen.pid)
                 if popen.poll() is None:
-                    raise
-                self._failures += 1  # it died: start another one, once
+                    raise  # it lives: this request failed, not the server
+                if self._popen is popen:
+                    self._failures += 1  # each death counts once, however many noticed it
                 if attempt == 2 or self._failures >= FORKSERVER_MAX_FAILURES:
                     raise
-                continue
+                continue  # start another one, once
             self._failures = 0
             return process
         raise AssertionError("unreachable")  # pragma: no cover
@@ -430,6 +467,8 @@ class ForkServer:
             child_end.close()
         parent_end.setblocking(False)
         self._popen, self._control = popen, parent_end
+        # Dropped without aclose() (a RecursiveLM never closed): stop the process quietly.
+        self._finalizer = weakref.finalize(self, _abandon, popen, parent_end)
         self.starts += 1
 
     async def _request(
@@ -438,19 +477,18 @@ class ForkServer:
         assert self._popen is not None and self._control is not None
         server_pid, control = self._popen.pid, self._control
         status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        channel, channel_child = socket.socketpair()
+        channel, worker_in, worker_out = _channel_pipes()
         err_read, err_write = os.pipe()
-        ours = [status, channel]
         try:
             spec = {"env": dict(env), "cwd": cwd, "context": memfd is not None}
-            fds = [status_child.fileno(), channel_child.fileno(), err_write]
+            fds = [status_child.fileno(), worker_in, worker_out, err_write]
             fds += [] if memfd is None else [memfd]
             try:
                 await _send_request(control, json.dumps(spec).encode(), fds)
             finally:
                 status_child.close()
-                channel_child.close()
-                os.close(err_write)
+                for fd in (worker_in, worker_out, err_write):
+                    os.close(fd)
             status.setblocking(False)
             with anyio.move_on_after(reply_within):
                 reply = await _receive_reply(status)
@@ -461,7 +499,7 @@ class ForkServer:
                     return _ForkedProcess(
                         pid,
                         status,
-                        WorkerChannel(channel),
+                        channel,
                         err_read,
                         server_pid=server_pid,
                         context_fd=context_fd,
@@ -471,13 +509,15 @@ class ForkServer:
                 raise ForkServerUnavailable(f"the fork server answered {reply!r}")
             raise ForkServerUnavailable(f"the fork server did not answer within {reply_within:g} s")
         except BaseException:
-            for sock in ours:
-                sock.close()
+            status.close()
+            channel.close()
             os.close(err_read)
             raise
 
     async def _stop(self) -> None:
         """Close the control socket (the server then kills its workers and exits); reap it."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
         popen, control = self._popen, self._control
         self._popen = self._control = None
         if control is not None:
@@ -493,9 +533,19 @@ class ForkServer:
 
     def _discard(self) -> None:
         """Forget a server that has exited (``poll`` reaped it)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._control is not None:
             self._control.close()
         self._popen = self._control = None
+
+
+def _abandon(popen: subprocess.Popen[bytes], control: socket.socket) -> None:
+    """Stop a fork server whose owner was dropped; its workers die with it (PDEATHSIG)."""
+    control.close()
+    with contextlib.suppress(OSError):
+        popen.kill()
+    popen.wait()
 
 
 async def _send_request(control: socket.socket, data: bytes, fds: list[int]) -> None:
@@ -530,8 +580,11 @@ async def _receive_reply(status: socket.socket) -> dict[str, Any] | None:
 
 
 async def _wait_child_exit(pid: int) -> None:
-    """Wait until ``pid`` has exited (without reaping it)."""
-    pidfd = os.pidfd_open(pid)
+    """Wait until our child ``pid`` has exited (without reaping it)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already reaped
+        return
     try:
         await anyio.wait_readable(pidfd)
     finally:

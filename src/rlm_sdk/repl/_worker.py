@@ -17,7 +17,7 @@ request carries the worker's environment, directory and descriptors.
 
 Startup, in order (:func:`main`):
 
-1. Take the channel: the protocol moves from fd 0/1 (a Unix socket) to private descriptors,
+1. Take the channel: the protocol moves from fd 0/1 (two pipes) to private descriptors,
    fd 0 reads ``/dev/null`` and fd 1/2 become pipes this process drains itself, so ``print``,
    ``os.write(1, ...)`` and child processes can never write into the channel.
 2. Say ``hello``, then read the ``init`` frame (context descriptor, sandbox policy, tool names).
@@ -109,6 +109,7 @@ _CONTEXT_CHUNK = 4 * 1024 * 1024
 _LINES_BATCH = 4096
 _PIPE_SIZE = 1024 * 1024
 _READ_CHUNK = 16 * 1024 * 1024
+_READ_AHEAD = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 _ModuleType = type(sys)
 
@@ -378,14 +379,14 @@ class _Gate:
 
 
 class _Channel:
-    """Frames over the worker's private descriptors for the channel socket, plus a line-based
-    diagnostic stream."""
+    """Frames over the worker's private channel descriptors, plus a line-based diagnostic stream."""
 
     def __init__(self, rfd: int, wfd: int, diag: int) -> None:
         self._rfd = rfd
         self._wfd = wfd
         self._diag = diag
         self._wlock = threading.Lock()
+        self._pending = bytearray()
 
     def diag(self, text: str) -> None:
         """A line for the parent's log (the original stderr pipe, not the cell's capture)."""
@@ -412,19 +413,22 @@ class _Channel:
         return message
 
     def _read_exact(self, size: int) -> bytes | bytearray | None:
-        if size <= _PIPE_SIZE:
-            chunks: list[bytes] = []
-            remaining = size
-            while remaining:
-                chunk = os.read(self._rfd, remaining)
+        """The next ``size`` bytes, or None at EOF. Reads ahead, so a small frame costs one read."""
+        pending = self._pending
+        if size <= _READ_AHEAD:
+            while len(pending) < size:
+                chunk = os.read(self._rfd, _READ_AHEAD)
                 if not chunk:
                     return None
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                pending += chunk
+            data = bytes(pending[:size])
+            del pending[:size]
+            return data
         buffer = bytearray(size)  # a big frame: read in place instead of joining copies
         view = memoryview(buffer)
-        done = 0
+        done = len(pending)
+        view[:done] = pending
+        pending.clear()
         while done < size:
             got = os.readv(self._rfd, [view[done : done + _READ_CHUNK]])
             if not got:
@@ -1210,12 +1214,13 @@ def serve_forks(control_fd: int, parent_pid: int) -> None:
     """Fork a fresh worker per request on ``control_fd``; reap them and report how they ended.
 
     A request is one ``SOCK_SEQPACKET`` record: a JSON object (``env``, ``cwd``, ``context``)
-    and, by ``SCM_RIGHTS``, a status socket, the worker's end of its channel socket, the write
-    end of its stderr pipe and, when ``context`` is true, the context memfd. Replies go to the
+    and, by ``SCM_RIGHTS``, a status socket, the worker's ends of its two channel pipes (in,
+    out), the write end of its stderr pipe and, when ``context`` is true, the context memfd. Replies go to the
     status socket: ``{"pid": N}`` (or ``{"error": "..."}``) at once, ``{"exit": returncode}``
-    (negative: killed by that signal) once the worker is reaped; then it is closed. When a
-    worker exits, what is left of its process group is killed before it is reaped, while the
-    group id cannot be reused.
+    (negative: killed by that signal) once the worker is reaped; then it is closed. Each worker
+    leads a process group of its own, set up by both sides of the fork so that it exists
+    before its pid is sent. When a worker exits, what is left of its group is killed before it
+    is reaped, while the group id cannot be reused.
 
     The server dies with its parent (``PR_SET_PDEATHSIG``), and on EOF of the control socket it
     kills every worker's process group, reaps them and exits. It stays single-threaded, so
@@ -1288,7 +1293,7 @@ def _fork_worker(
 
     status: socket.socket | None = None
     try:
-        if flags & socket.MSG_CTRUNC or len(fds) < 3:
+        if flags & socket.MSG_CTRUNC or len(fds) < 4:
             raise ValueError("a fork request without its descriptors")
         status = socket.socket(fileno=fds[0])
         spec = json.loads(data)
@@ -1298,7 +1303,7 @@ def _fork_worker(
             and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
             and isinstance(cwd, str)
             and isinstance(has_context, bool)
-            and len(fds) == 3 + has_context
+            and len(fds) == 4 + has_context
         ):
             raise ValueError("a malformed fork request")
         server = os.getpid()
@@ -1318,6 +1323,8 @@ def _fork_worker(
                 status.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
             status.close()
         return
+    with contextlib.suppress(OSError):  # here too, so the group exists when the pid is sent
+        os.setpgid(pid, pid)
     for fd in fds[1:]:
         os.close(fd)
     children[pid] = status
@@ -1338,14 +1345,14 @@ def _become_worker(
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for sock in inherited:
         sock.detach()  # closed below with every other descriptor of the server
-    os.setsid()
+    os.setpgid(0, 0)  # its own process group (the server does the same, against the race)
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != server:
         os._exit(0)
-    channel, stderr, *context = fds
-    placed = [channel, channel, stderr, *context]  # fd 0/1: the channel, 2: stderr, 3: context
+    # fd 0: the channel's pipe in, 1: its pipe out, 2: stderr, 3: the context
+    placed = list(fds)
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in placed]
     for target, fd in enumerate(moved):
         os.dup2(fd, target)

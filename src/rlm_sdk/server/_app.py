@@ -41,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 from rlm_sdk import ConfigurationError, Event
 from rlm_sdk._logging import get_logger
 from rlm_sdk._recorder import load_events
+from rlm_sdk.repl import ForkServer
 from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
 from ._config import MAX_RUNS_KEPT, ServerConfig
@@ -66,9 +67,10 @@ _DEMO_MAX_LINES = 2_000_000
 class _Handlers:
     """The routes' endpoints, bound to one app's config and run registry."""
 
-    def __init__(self, config: ServerConfig, runs: RunRegistry) -> None:
+    def __init__(self, config: ServerConfig, runs: RunRegistry, forkserver: ForkServer) -> None:
         self.config = config
         self.runs = runs
+        self.forkserver = forkserver
         self.index_html = (
             importlib.resources.files(_PACKAGE).joinpath("static", "index.html").read_text("utf-8")
         )
@@ -98,7 +100,9 @@ class _Handlers:
             max_depth=q.get("max_depth"),
         )
         context = (await read_body(request, self.config.max_body_bytes)).decode("utf-8", "replace")
-        run = self.runs.start(make_job(self.config, options, context, q.get("query", "")))
+        run = self.runs.start(
+            make_job(self.config, options, context, q.get("query", ""), self.forkserver)
+        )
         return JSONResponse(
             {"id": run.id, "events_url": f"/api/runs/{run.id}/events", "options": vars(options)},
             status_code=201,
@@ -156,7 +160,7 @@ class _Handlers:
         return list_models(self.config)
 
     async def v1_chat(self, request: Request) -> Response:
-        return await chat_completions(request, self.config)
+        return await chat_completions(request, self.config, self.forkserver)
 
 
 def _load_trajectory(body: bytes, name: str) -> list[Event]:
@@ -196,11 +200,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def build_app(config: ServerConfig) -> Starlette:
     """The app for ``config``; see :func:`rlm_sdk.server.create_app`."""
     runs = RunRegistry(MAX_RUNS_KEPT)
-    h = _Handlers(config, runs)
+    forkserver = ForkServer()
+    h = _Handlers(config, runs, forkserver)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with runs.running():
+        async with forkserver, runs.running():
             yield
 
     routes = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm_sdk import Event, RecursiveLM, RLMResult
-from rlm_sdk.repl import ContextData
+from rlm_sdk.repl import ContextData, ForkServer
 
 from ._config import ServerConfig
 from ._http import ApiError
@@ -92,11 +92,18 @@ def parse_options(
     )
 
 
-def make_job(config: ServerConfig, options: RunOptions, context: ContextData, query: str) -> Job:
+def make_job(
+    config: ServerConfig,
+    options: RunOptions,
+    context: ContextData,
+    query: str,
+    forkserver: ForkServer | None = None,
+) -> Job:
     """A job for the registry or an endpoint: one top-level run reporting to ``sink``.
 
     With no provider in the config, the run resolves model prefixes itself and closes the
-    providers it made when it ends.
+    providers it made when it ends. Every run of an app forks its REPL workers from the app's
+    one ``forkserver``.
     """
 
     async def job(sink: EventSink) -> RLMResult:
@@ -107,6 +114,7 @@ def make_job(config: ServerConfig, options: RunOptions, context: ContextData, qu
             max_iterations=options.max_iterations,
             max_depth=options.max_depth,
             on_limit="return",
+            forkserver=forkserver,
         ) as rlm:
             return await rlm.acomplete(context, query or None, on_event=sink)
 
