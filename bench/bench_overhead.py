@@ -54,9 +54,15 @@ async def main(repeat: int) -> None:
         per_turn.append((steady - steady_cells) / (TURNS - 1))
         walls.append(wall - cells)
         first_turn.append(marks["turn2"] - t0)
-    print(f"SDK time per turn (turns 2-{TURNS}, cell compute excluded): median {statistics.median(per_turn) * 1000:.2f} ms (bar 5 ms)")
-    print(f"turn 1 incl. worker start and 38.5 MB context load: median {statistics.median(first_turn) * 1000:.1f} ms")
-    print(f"whole run minus cell compute: median {statistics.median(walls) * 1000:.1f} ms over {repeat} runs")
+    print(
+        f"SDK time per turn (turns 2-{TURNS}, cell compute excluded): median {statistics.median(per_turn) * 1000:.2f} ms (bar 5 ms)"
+    )
+    print(
+        f"turn 1 incl. worker start and 38.5 MB context load: median {statistics.median(first_turn) * 1000:.1f} ms"
+    )
+    print(
+        f"whole run minus cell compute: median {statistics.median(walls) * 1000:.1f} ms over {repeat} runs"
+    )
 
 
 if __name__ == "__main__":

@@ -279,7 +279,9 @@ class RecursiveLM:
             "output_limit": output_limit,
         }
         if isolation not in ("auto", "strict", "none"):
-            raise ConfigurationError(f"isolation must be 'auto', 'strict' or 'none', not {isolation!r}")
+            raise ConfigurationError(
+                f"isolation must be 'auto', 'strict' or 'none', not {isolation!r}"
+            )
         self._owns_forkserver = forkserver is None
         self._forkserver = forkserver or ForkServer()
         self.on_event = on_event

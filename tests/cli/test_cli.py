@@ -167,7 +167,10 @@ def test_demo_with_only_a_key_runs_for_real_against_the_configured_server() -> N
 
     with FakeChatServer(lambda body: niah_policy(CompletionRequest.model_validate(body))) as server:
         done = _cli(
-            "demo", "--lines", "5000", env={"OPENAI_API_KEY": "sk-local", "OPENAI_BASE_URL": server.base_url}
+            "demo",
+            "--lines",
+            "5000",
+            env={"OPENAI_API_KEY": "sk-local", "OPENAI_BASE_URL": server.base_url},
         )
         assert len(server.requests) == 2
     assert done.returncode == 0, done.stderr
