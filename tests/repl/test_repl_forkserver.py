@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -377,3 +378,34 @@ async def test_closing_right_after_the_fork_kills_the_worker(server: ForkServer)
 
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_no_trace_of_a_session_stays_in_the_server(server: ForkServer) -> None:
+    """A session's environment goes to its worker directly: the server's memory never holds it."""
+    token = f"token-{uuid.uuid4().hex}"
+    async with REPLSession(forkserver=server, env={"SESSION_SECRET": token}) as repl:
+        result = await repl.run_cell("import os\nprint(os.environ['SESSION_SECRET'])")
+        assert result.stdout == f"{token}\n"
+    assert server.pid is not None
+    try:
+        memory = _readable_memory(server.pid)
+    except PermissionError:
+        pytest.skip("cannot read the server's memory here")
+    assert memory
+    assert token.encode() not in memory
+
+
+def _readable_memory(pid: int) -> bytes:
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addresses, perms = line.split()[:2]
+            if not perms.startswith("r") or "[vvar" in line or "[vsyscall" in line:
+                continue
+            start, end = (int(a, 16) for a in addresses.split("-"))
+            try:
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+            except OSError:
+                continue
+    return b"".join(chunks)

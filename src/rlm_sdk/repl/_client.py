@@ -567,13 +567,10 @@ class REPLSession:
         """Start a worker (forked by the fork server if there is one) and supervise it."""
         assert self._tg is not None and self._workdir is not None
         started = anyio.current_time()
-        env = self._worker_env()
         process: WorkerProcess | None = None
         if self._forkserver is not None:
             try:
                 process = await self._forkserver._spawn(
-                    env=env,
-                    cwd=self._workdir,
                     memfd=self._memfd,
                     reply_within=min(self._start_timeout, FORKSERVER_REPLY_TIMEOUT),
                 )
@@ -582,6 +579,7 @@ class REPLSession:
                 started = anyio.current_time()
         if process is None:
             try:
+                env = self._worker_env()  # at exec: the parent's own never reaches it
                 process = spawn_direct(WORKER_PATH, env=env, cwd=self._workdir, memfd=self._memfd)
             except OSError as exc:
                 raise WorkerStartError(f"could not start the REPL worker: {exc}") from exc
@@ -605,6 +603,8 @@ class REPLSession:
             "type": "init",
             "protocol": _worker.PROTOCOL_VERSION,
             "parent_pid": worker.process.parent_pid,
+            "env": self._worker_env(),  # a forked worker takes them from here, not the server
+            "cwd": self._workdir,
             "context": descriptor,
             "output_limit": self._output_limit,
             "sandbox": self._sandbox_policy(memory),

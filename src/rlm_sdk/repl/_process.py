@@ -9,8 +9,8 @@ Why: a worker can start in two ways, and the client should not care which.
   started once, that forks each worker in about a millisecond (see ``_worker.serve_forks``).
 
 Either way the worker gets the same things: a pipe each way for its channel (fd 0/1), a pipe
-for its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory, and a
-session and process group of its own. :class:`WorkerProcess` is the interface over both: pid,
+for its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory,
+and a process group of its own. :class:`WorkerProcess` is the interface over both: pid,
 ``wait`` (the returncode), ``kill`` (the whole group), the channel and the stderr pipe. Exits
 are seen through a pidfd (direct) or the fork server's report (forked), never through a thread
 blocked in ``waitpid``, so closing a session costs about what the kernel needs to tear the
@@ -359,7 +359,8 @@ class ForkServer:
     Share one among the sessions of a process (``REPLSession(..., forkserver=server)``); each
     session still gets a fresh worker with its own environment, directory, process group and
     sandbox. The server holds no context and no secret: it runs with the same scrubbed
-    environment as a worker and only forks on request.
+    environment as a worker, a request carries only descriptors (the context memfd among them,
+    closed once forked), and the worker gets its environment and directory from the session.
 
     It starts lazily, with the first worker asked of it (or on ``async with``), and dies with
     this process. If it dies, the next request starts a new one; a request it cannot serve
@@ -408,10 +409,12 @@ class ForkServer:
         with anyio.CancelScope(shield=True):
             await self._stop()
 
-    async def _spawn(
-        self, *, env: Mapping[str, str], cwd: str, memfd: int | None, reply_within: float
-    ) -> WorkerProcess:
+    async def _spawn(self, *, memfd: int | None, reply_within: float) -> WorkerProcess:
         """Fork a worker for a REPL session; a server found dead is replaced once.
+
+        The server learns nothing about the session but whether it has a context: the
+        worker's environment and directory travel in its init frame, straight from the
+        session, so no trace of them stays in the server's memory for later forks to find.
 
         Raises:
             ForkServerUnavailable: closed, failing, or no answer within ``reply_within`` s.
@@ -421,7 +424,7 @@ class ForkServer:
             popen = self._popen
             assert popen is not None
             try:
-                process = await self._request(env, cwd, memfd, reply_within)
+                process = await self._request(memfd, reply_within)
             except _ServerGone:
                 if popen.returncode is None:  # not yet reaped (by another request noticing)
                     with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
@@ -471,16 +474,14 @@ class ForkServer:
         self._finalizer = weakref.finalize(self, _abandon, popen, parent_end)
         self.starts += 1
 
-    async def _request(
-        self, env: Mapping[str, str], cwd: str, memfd: int | None, reply_within: float
-    ) -> WorkerProcess:
+    async def _request(self, memfd: int | None, reply_within: float) -> WorkerProcess:
         assert self._popen is not None and self._control is not None
         server_pid, control = self._popen.pid, self._control
         status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel, worker_in, worker_out = _channel_pipes()
         err_read, err_write = os.pipe()
         try:
-            spec = {"env": dict(env), "cwd": cwd, "context": memfd is not None}
+            spec = {"context": memfd is not None}
             fds = [status_child.fileno(), worker_in, worker_out, err_write]
             fds += [] if memfd is None else [memfd]
             try:

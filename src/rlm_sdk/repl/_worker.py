@@ -12,8 +12,10 @@ fork server (``python -I _worker.py --forkserver FD PARENT_PID``, :func:`serve_f
 interpreter that has imported everything a worker needs and loaded the sandbox, and forks a
 fresh worker per request in about a millisecond, instead of the ~25 ms of CPU an interpreter
 start costs; hundreds of runs starting at once then no longer starve the machine. The fork
-server holds no context and no secret: it is started with the scrubbed environment, and each
-request carries the worker's environment, directory and descriptors.
+server holds no context and no secret: it is started with the scrubbed environment, a request
+carries only the worker's descriptors, and the worker takes its environment and directory
+from its own init frame (so nothing of one session stays in the server's memory for a later
+fork to find).
 
 Startup, in order (:func:`main`):
 
@@ -1172,6 +1174,7 @@ def _start(
     try:
         if config["type"] != "init" or config.get("protocol") != PROTOCOL_VERSION:
             raise ValueError(f"expected an init frame for protocol {PROTOCOL_VERSION}")
+        _take_environment(config)
         if sandbox is None:
             sandbox = load_sandbox()
         try:
@@ -1196,6 +1199,16 @@ def _start(
     session.serve()
 
 
+def _take_environment(config: dict[str, Any]) -> None:
+    """Move into the session's directory and environment (a forked worker starts in neither)."""
+    env, cwd = config["env"], config["cwd"]
+    if not isinstance(cwd, str) or not isinstance(env, dict):
+        raise ValueError("the init frame's env and cwd are malformed")
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update({str(key): str(value) for key, value in env.items()})
+
+
 def _install_builtins() -> None:
     """``exit()``/``quit()`` raise SystemExit without closing stdin (the cell reports it)."""
 
@@ -1213,8 +1226,8 @@ def _install_builtins() -> None:
 def serve_forks(control_fd: int, parent_pid: int) -> None:
     """Fork a fresh worker per request on ``control_fd``; reap them and report how they ended.
 
-    A request is one ``SOCK_SEQPACKET`` record: a JSON object (``env``, ``cwd``, ``context``)
-    and, by ``SCM_RIGHTS``, a status socket, the worker's ends of its two channel pipes (in,
+    A request is one ``SOCK_SEQPACKET`` record: a JSON object (``{"context": bool}``) and, by
+    ``SCM_RIGHTS``, a status socket, the worker's ends of its two channel pipes (in,
     out), the write end of its stderr pipe and, when ``context`` is true, the context memfd. Replies go to the
     status socket: ``{"pid": N}`` (or ``{"error": "..."}``) at once, ``{"exit": returncode}``
     (negative: killed by that signal) once the worker is reaped; then it is closed. Each worker
@@ -1296,22 +1309,15 @@ def _fork_worker(
         if flags & socket.MSG_CTRUNC or len(fds) < 4:
             raise ValueError("a fork request without its descriptors")
         status = socket.socket(fileno=fds[0])
-        spec = json.loads(data)
-        env, cwd, has_context = spec["env"], spec["cwd"], spec["context"]
-        if not (
-            isinstance(env, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-            and isinstance(cwd, str)
-            and isinstance(has_context, bool)
-            and len(fds) == 4 + has_context
-        ):
+        has_context = json.loads(data)["context"]
+        if not isinstance(has_context, bool) or len(fds) != 4 + has_context:
             raise ValueError("a malformed fork request")
         server = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
                 inherited = [control, status, *children.values()]
-                _become_worker(server, env, cwd, fds[1:], inherited, sandbox)
+                _become_worker(server, fds[1:], inherited, sandbox)
             finally:
                 os._exit(1)
     except (ValueError, TypeError, KeyError, OSError) as exc:
@@ -1334,8 +1340,6 @@ def _fork_worker(
 
 def _become_worker(
     server: int,
-    env: dict[str, str],
-    cwd: str,
     fds: list[int],
     inherited: list[socket.socket],
     sandbox: ModuleType,
@@ -1357,9 +1361,7 @@ def _become_worker(
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
     os.closerange(len(moved), 2**31 - 1)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
+    os.environ.clear()  # the init frame brings the worker's own
     sys.argv[1:] = []
     main(sandbox)
 
