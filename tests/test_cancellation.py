@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ async def _settle(baseline: set[int], timeout: float = 10.0) -> set[int]:
 
 async def test_cancelling_100_concurrent_runs_leaves_nothing_behind() -> None:
     """100 runs cancelled mid-cell return promptly; no worker, zombie or descriptor is left."""
+    gc.collect()  # fork servers of RecursiveLMs other tests dropped are stopped by their finalizers
     baseline, fds = _descendants(), _open_fds()
     rlm = RecursiveLM("m", provider=ScriptedProvider(_slow_policy))
     started = time.monotonic()
