@@ -58,6 +58,7 @@ from rlm_sdk._exceptions import (
 from rlm_sdk._logging import get_logger
 from rlm_sdk._observe import notify_request_sent, notify_retry
 
+from ._pool import make_client
 from ._types import CompletionRequest, CompletionResponse
 
 __all__ = ["HTTPProvider"]
@@ -286,10 +287,7 @@ class HTTPProvider(ABC):
             return self._given_client
         loop = anyio.lowlevel.current_token().native_token
         if self._own_client is None or self._loop is not loop:
-            limits = httpx.Limits(
-                max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
-            )
-            self._own_client = httpx.AsyncClient(timeout=self._httpx_timeout, limits=limits)
+            self._own_client = make_client(self._httpx_timeout, self.max_in_flight)
             self._loop = loop
         return self._own_client
 
@@ -301,7 +299,14 @@ class HTTPProvider(ABC):
     async def _send(self, body: dict[str, Any]) -> httpx.Response:
         """POST ``body``, retrying what may succeed later; return a 2xx response or raise."""
         secret = None if self._api_key is None else self._api_key.get_secret_value()
-        headers = {**self._headers(secret), **self._default_headers}
+        headers = {
+            "content-type": "application/json",
+            **self._headers(secret),
+            **self._default_headers,
+        }
+        # Encoded once for every attempt. ASCII JSON: the C encoder's fastest path (a 120 kB
+        # prompt costs about a third less than httpx's UTF-8 JSON), and valid for any text.
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             retry=retry_if_exception_type(APIConnectionError) | retry_if_result(_is_retryable),
@@ -310,19 +315,19 @@ class HTTPProvider(ABC):
             sleep=_sleep,
             retry_error_callback=_last_outcome,
         )
-        response: httpx.Response = await retrying(self._attempt, body, headers)
+        response: httpx.Response = await retrying(self._attempt, content, headers)
         if not response.is_success:
             raise self._status_error(response)
         return response
 
-    async def _attempt(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    async def _attempt(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """One POST; the body is read in full (the connection goes back to the pool) or closed."""
         url = self.base_url + self._path
         try:
             async with self._in_flight():
                 return await self._client().post(
                     url,
-                    json=body,
+                    content=content,
                     headers=headers,
                     timeout=self._httpx_timeout,
                     extensions={"trace": _trace},

@@ -283,39 +283,52 @@ class FakeChatServer:
         body: dict[str, Any],
         deadline: float,
     ) -> None:
+        # The whole reply is built and encoded before the wait, so the fixed latency is all a
+        # client sees: replies due at the same moment go out together, not one encoding apart.
         try:
             reply = self._reply(body)
             if inspect.isawaitable(reply):
                 reply = await reply
+            data = json.dumps(self._completion(body, reply)).encode()
         except Exception as err:
             await _sleep_until(deadline)
             await self._send(conn, stream, 500, _error(f"reply function failed: {err!r}"))
             return
         await _sleep_until(deadline)
-        if isinstance(reply, str):
-            n = len(self.requests)
-            prompt_tokens = len(json.dumps(body.get("messages", []))) // 4
-            reply = {
-                "id": f"chatcmpl-fake-{n}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or self.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(reply) // 4,
-                    "total_tokens": prompt_tokens + len(reply) // 4,
-                },
-            }
         await self._send(
-            conn, stream, 200, reply, {"x-request-id": f"req-fake-{len(self.requests)}"}
+            conn, stream, 200, data, {"x-request-id": f"req-fake-{len(self.requests)}"}
         )
+
+    def _completion(self, body: dict[str, Any], reply: str | dict[str, Any]) -> dict[str, Any]:
+        """A reply function's text as a chat completion (a whole object is sent as is)."""
+        if not isinstance(reply, str):
+            return reply
+        prompt_tokens = (
+            sum(
+                len(str(m.get("content", "")))
+                for m in body.get("messages", [])
+                if isinstance(m, dict)
+            )
+            // 4
+        )
+        return {
+            "id": f"chatcmpl-fake-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(reply) // 4,
+                "total_tokens": prompt_tokens + len(reply) // 4,
+            },
+        }
 
     async def _send(
         self,

@@ -1,0 +1,186 @@
+"""PoolTransport over real loopback sockets: reuse, concurrency, stale and broken connections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+import respx
+
+from rlm_sdk.providers import OpenAICompatibleProvider
+from rlm_sdk.providers._pool import PoolTransport, make_client
+from rlm_sdk.testing import FakeChatServer
+from tests.providers.helpers import chat
+
+pytestmark = pytest.mark.integration
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def server() -> Iterator[FakeChatServer]:
+    with FakeChatServer(reply=lambda body: body["messages"][-1]["content"]) as server:
+        yield server
+
+
+async def _post(client: httpx.AsyncClient, url: str, text: str = "hi") -> str:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    response = await client.post(url + "/chat/completions", json=body)
+    response.raise_for_status()
+    content: str = response.json()["choices"][0]["message"]["content"]
+    return content
+
+
+async def test_sequential_requests_reuse_one_connection(server: FakeChatServer) -> None:
+    transport = PoolTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        for i in range(5):
+            assert await _post(client, server.base_url, f"n{i}") == f"n{i}"
+        assert transport.connections == 1
+    assert server.total_connections == 1
+
+
+async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
+    server: FakeChatServer,
+) -> None:
+    server.latency = 0.05  # all 20 overlap
+    transport = PoolTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(2):
+            answers: list[str] = []
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+
+                    async def one(i: int = i, out: list[str] = answers) -> None:
+                        out.append(await _post(client, server.base_url, str(i)))
+
+                    tg.start_soon(one)
+            assert sorted(answers, key=int) == [str(i) for i in range(20)]
+        assert transport.connections == 20
+    assert server.total_connections == 20
+    assert server.open_connections == 0  # closed with the client
+
+
+async def test_idle_connections_beyond_max_idle_are_closed(server: FakeChatServer) -> None:
+    server.latency = 0.05
+    transport = PoolTransport(max_idle=3)
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(_post, client, server.base_url)
+        assert transport.connections == 3
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    """A server that closes after each reply: every request gets a fresh, working connection."""
+    served = 0
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        nonlocal served
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            served += 1
+            body = b'{"ok": %d}' % served
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            # no "connection: close" header: the client only learns it from the socket
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    transport = PoolTransport()
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with httpx.AsyncClient(transport=transport) as client:
+            for i in range(1, 4):
+                response = await client.get(f"http://127.0.0.1:{port}/")
+                assert response.json() == {"ok": i}
+                await anyio.sleep(0.02)  # let the close reach us
+        tg.cancel_scope.cancel()
+    assert served == 3
+
+
+async def test_a_cut_body_is_a_read_error_and_the_connection_is_dropped(
+    server: FakeChatServer,
+) -> None:
+    server.truncate_next()
+    transport = PoolTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _post(client, server.base_url)
+        assert transport.connections == 0
+        assert await _post(client, server.base_url, "after") == "after"
+        assert transport.connections == 1
+
+
+async def test_connection_refused_is_httpx_connect_error() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there now
+    async with httpx.AsyncClient(transport=PoolTransport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_cancelling_a_request_drops_its_connection(server: FakeChatServer) -> None:
+    server.latency = 0.6  # the server notices the close when it answers
+    transport = PoolTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.move_on_after(0.2):
+            await _post(client, server.base_url)
+        assert transport.connections == 0
+    with anyio.fail_after(3):
+        while server.open_connections:
+            await anyio.sleep(0.01)
+
+
+async def test_closed_transport_refuses_requests(server: FakeChatServer) -> None:
+    transport = PoolTransport()
+    client = httpx.AsyncClient(transport=transport)
+    await _post(client, server.base_url)
+    await client.aclose()
+    assert transport.connections == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        await _post(client, server.base_url)
+
+
+async def test_the_request_sent_trace_still_fires(server: FakeChatServer) -> None:
+    events: list[str] = []
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        events.append(event)
+
+    async with httpx.AsyncClient(transport=PoolTransport()) as client:
+        response = await client.post(
+            server.base_url + "/chat/completions", json=BODY, extensions={"trace": trace}
+        )
+    assert response.status_code == 200
+    assert "http11.send_request_body.complete" in events
+
+
+async def test_respx_default_mocks_still_intercept_the_provider() -> None:
+    """Users mock the SDK's HTTP with plain respx; nothing may reach the network."""
+    url = "http://127.0.0.1:9/v1"  # the discard port: a real request would fail
+    with respx.mock(base_url=url) as router:
+        router.post("/chat/completions").respond(
+            json={"choices": [{"message": {"content": "mocked"}}], "model": "m"}
+        )
+        async with OpenAICompatibleProvider(base_url=url) as provider:
+            reply = await provider.acomplete(chat("x"))
+    assert reply.text == "mocked"
+
+
+def test_a_configured_proxy_falls_back_to_httpx_default_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = make_client(httpx.Timeout(5.0), 8)
+    assert isinstance(client._transport, PoolTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    proxied = make_client(httpx.Timeout(5.0), 8)
+    assert isinstance(proxied._transport, httpx.AsyncHTTPTransport)
