@@ -61,7 +61,9 @@ async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
             assert sorted(answers, key=int) == [str(i) for i in range(20)]
         assert transport.connections == 20
     assert server.total_connections == 20
-    assert server.open_connections == 0  # closed with the client
+    with anyio.fail_after(3):  # closed with the client (the server notices in its own time)
+        while server.open_connections:
+            await anyio.sleep(0.01)
 
 
 async def test_idle_connections_beyond_max_idle_are_closed(server: FakeChatServer) -> None:

@@ -30,5 +30,15 @@ def wait_not_running(pid: int, timeout: float = 3.0) -> bool:
     return True
 
 
+def wait_reaped(pid: int, timeout: float = 3.0) -> bool:
+    """Poll until ``pid`` is gone from the process table (dead and reaped)."""
+    deadline = time.monotonic() + timeout
+    while process_state(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}

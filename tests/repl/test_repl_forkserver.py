@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from repl_helpers import open_fds, process_state, running, wait_not_running
+from repl_helpers import open_fds, process_state, running, wait_not_running, wait_reaped
 from structlog.testing import capture_logs
 
 from rlm_sdk.repl import ForkServer, REPLSession, _process
@@ -113,8 +114,8 @@ async def test_timeouts_interrupt_then_kill_and_restart(server: ForkServer) -> N
         assert wait_not_running(pid)
 
 
-async def test_close_kills_the_group_and_the_worker_is_reaped_at_once(server: ForkServer) -> None:
-    """After aclose the worker is gone (not a zombie) and its grandchild dies too."""
+async def test_close_kills_the_group_and_the_server_reaps_the_worker(server: ForkServer) -> None:
+    """After aclose the worker is killed; the fork server reaps it, and its grandchild dies."""
     async with REPLSession(forkserver=server, allow_subprocess=True) as repl:
         result = await repl.run_cell(
             "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)"
@@ -124,7 +125,7 @@ async def test_close_kills_the_group_and_the_worker_is_reaped_at_once(server: Fo
         assert pid is not None
         assert running(child)
         await repl.aclose()
-        assert process_state(pid) is None
+        assert wait_reaped(pid)
     assert wait_not_running(child)
 
 
@@ -371,9 +372,57 @@ async def test_closing_right_after_the_fork_kills_the_worker(server: ForkServer)
             pid = repl.pid
         assert time.perf_counter() - started < 2
         assert pid is not None
-        assert process_state(pid) is None
+        assert wait_reaped(pid)
     assert server.pid is not None
     assert _children(server.pid) == []
+
+
+async def test_close_leaves_reaping_and_the_directory_to_the_server(server: ForkServer) -> None:
+    """Closing does not wait for the worker's exit; the server reaps it, then removes the
+    session's directory, however full (a big one through a short-lived child of its own)."""
+    directories = []
+    for files in (0, 3, 200):
+        async with REPLSession(forkserver=server) as repl:
+            code = textwrap.dedent(f"""
+                import os
+                os.makedirs("sub/deeper")
+                for i in range({files}):
+                    open(f"sub/f{{i}}", "w").write("x")
+                print(os.getcwd())
+            """)
+            result = await repl.run_cell(code)
+            assert result.error is None, result.error
+            directories.append(Path(result.stdout.strip()))
+            pid = repl.pid
+            assert pid is not None
+        assert wait_reaped(pid)
+    deadline = time.monotonic() + 3
+    while any(d.exists() for d in directories) and time.monotonic() < deadline:
+        await anyio.sleep(0.01)
+    assert not any(d.exists() for d in directories)
+    assert server.pid is not None
+    assert _children(server.pid) == []  # the remover was reaped too
+
+
+async def test_the_server_removes_no_other_directory(tmp_path: Path) -> None:
+    """The server acts on a removal request only for a session directory (by its prefix)."""
+    import select
+
+    from rlm_sdk.repl import _worker
+
+    poller = select.poll()
+    children = _worker._Children(poller)
+    child = _worker._Child(pid=0, status=None)  # type: ignore[arg-type]
+    child.alive = False
+    other = tmp_path / "precious"
+    other.mkdir()
+    session = tmp_path / (_worker.WORKDIR_PREFIX + "x")
+    session.mkdir()
+    for path in (other, "relative/" + _worker.WORKDIR_PREFIX + "y", session):
+        children._on_message(child, json.dumps({"remove": str(path)}).encode())
+    children._on_message(child, b"not json")
+    assert other.exists()
+    assert not session.exists()
 
 
 def _children(pid: int) -> list[int]:

@@ -36,6 +36,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from queue import SimpleQueue
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
@@ -138,6 +139,8 @@ class _Worker:
         self.waiters: dict[int, _Waiter] = {}
         self.in_flight: set[anyio.CancelScope] = set()
         self.handlers: anyio.abc.TaskGroup | None = None
+        self.detached = False
+        """Killed and left to the fork server to reap (see ``REPLSession.aclose``)."""
         self._stderr_tail = bytearray()
 
     @property
@@ -339,7 +342,7 @@ class REPLSession:
                 "(resource limits only): it can reach the network, the file system and "
                 "other processes",
             )
-        self._workdir = tempfile.mkdtemp(prefix="rlm-repl-")
+        self._workdir = tempfile.mkdtemp(prefix=_worker.WORKDIR_PREFIX)
         self._lock = anyio.Lock(fast_acquire=True)
         self._prepared = anyio.Event()
         self._tg = anyio.create_task_group()
@@ -377,11 +380,13 @@ class REPLSession:
                 await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
-        """Kill the worker's process group, reap it and remove its directory; idempotent.
+        """Kill the worker's process group, close its descriptors, remove its directory; idempotent.
 
-        When it returns, the worker has been killed and reaped. It is on every run's critical
-        path, so it waits on the worker's exit (a pidfd, or the fork server's report), not on
-        its pipes, and leaves freeing a big context's pages to a short-lived thread.
+        It is on every run's critical path, so it does not wait for what the kernel does after
+        a SIGKILL (tearing down the worker's memory takes milliseconds for a big context). A
+        worker from the fork server is left to it: the server reaps it and then removes the
+        session's directory (asked for before the kill, on the worker's status socket). A
+        directly started worker is reaped here, through its pidfd, before this returns.
         """
         if self._state == "closed":
             return
@@ -392,10 +397,18 @@ class REPLSession:
         with anyio.CancelScope(shield=True):
             worker = self._worker
             if worker is not None:
+                if (
+                    self._workdir is not None
+                    and not worker.finished.is_set()
+                    and worker.process.hand_over_directory(self._workdir)
+                ):
+                    self._workdir = None
+                    worker.detached = True
                 worker.kill()
-                with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
-                    await worker.finished.wait()
-                worker.scope.cancel()  # it would not die: stop reading it anyway
+                if not worker.detached:
+                    with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+                        await worker.finished.wait()
+                worker.scope.cancel()  # stop reading it (and, if it would not die, stop waiting)
             if self._memfd is not None:
                 if self._prepared is not None:
                     await self._prepared.wait()  # the writing thread must be done with the fd
@@ -647,9 +660,10 @@ class REPLSession:
         finally:
             with anyio.CancelScope(shield=True):
                 worker.kill()
-                with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
-                    await worker.process.wait()
-                worker.add_stderr(worker.process.read_stderr())  # what it wrote before dying
+                if not worker.detached:
+                    with anyio.move_on_after(5 * WORKER_EXIT_GRACE):
+                        await worker.process.wait()
+                    worker.add_stderr(worker.process.read_stderr())  # what it wrote before dying
                 worker.process.close()
                 worker.finish()
                 self._log.debug("rlm.worker_exited", pid=worker.pid, reason=worker.exit_reason())
@@ -876,15 +890,39 @@ def _parse_frame(header: bytes | bytearray, payload: bytes | bytearray) -> Worke
 
 
 def _close_memfd(fd: int, descriptor: Mapping[str, Any] | None) -> None:
-    """Close the context memfd; a big one on a short-lived thread of its own.
+    """Close the context memfd; a big one on the closer thread.
 
     Closing the last reference frees the memfd's pages, about 4 ms for 40 MB, and nothing
-    needs to wait for that: the worker is killed and reaped regardless.
+    needs to wait for that: the worker is killed regardless. Starting a thread per close
+    would cost more than the close when the cores are busy, so one thread serves them all.
     """
     if descriptor is None or int(descriptor["nbytes"]) < _BACKGROUND_CLOSE_BYTES:
         os.close(fd)
     else:
-        threading.Thread(target=os.close, args=(fd,), name="rlm-memfd-close", daemon=True).start()
+        _Closer.close(fd)
+
+
+class _Closer:
+    """A daemon thread that closes descriptors handed to it, started on first use."""
+
+    _queue: SimpleQueue[int] = SimpleQueue()
+    _thread: threading.Thread | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def close(cls, fd: int) -> None:
+        with cls._lock:
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="rlm-fd-closer", daemon=True)
+                cls._thread.start()
+        cls._queue.put(fd)
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            fd = cls._queue.get()
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _remove_small_directory(path: str) -> bool:

@@ -240,6 +240,14 @@ class WorkerProcess:
                 chunks.append(chunk)
         return b"".join(chunks)
 
+    def hand_over_directory(self, path: str) -> bool:
+        """Ask whoever reaps the worker to remove ``path`` afterwards; False if nobody will.
+
+        Only the fork server can (it reaps its workers itself); a directly started worker is
+        reaped here, and its session removes its directory.
+        """
+        return False
+
     def close(self) -> None:
         """Close every descriptor held for the worker; idempotent. Does not kill it."""
         if self._closed:
@@ -298,6 +306,13 @@ class _ForkedProcess(WorkerProcess):
     ) -> None:
         super().__init__(pid, channel, stderr, parent_pid=server_pid, context_fd=context_fd)
         self._status = status
+
+    def hand_over_directory(self, path: str) -> bool:
+        try:
+            self._status.send(json.dumps({"remove": path}).encode())
+        except OSError:  # the server is gone, or this socket is closed
+            return False
+        return True
 
     async def _wait_for_exit(self) -> None:
         reply = await _receive_reply(self._status)

@@ -113,6 +113,11 @@ _PIPE_SIZE = 1024 * 1024
 _READ_CHUNK = 16 * 1024 * 1024
 _READ_AHEAD = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+_WARM_UP_CELL = 'n = len("warm")\nprint(f"{n:,}", repr("up"[:1]))\nn'
+WORKDIR_PREFIX = "rlm-repl-"
+"""Session directories are made with this prefix; the fork server removes no other kind."""
+_FORK_REPLY_SIZE = 65536
+_SMALL_WORKDIR = 64
 _ModuleType = type(sys)
 
 
@@ -813,10 +818,9 @@ class _Session:
     def serve(self) -> None:
         """Answer the parent's commands until it closes the channel (which ends the process)."""
         threading.Thread(target=self._read_loop, name="rlm-channel", daemon=True).start()
-        import ast  # noqa: F401  warm up now, while the parent waits for its first model reply
-        import linecache  # noqa: F401
-        import traceback  # noqa: F401
+        import traceback  # noqa: F401  warm up now, while the parent waits for a model reply
 
+        self._warm_up()
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "exec": self.run_cell,
             "get_var": self.get_var,
@@ -834,6 +838,23 @@ class _Session:
                 self._gate.disarm()
                 reply = self._fallback(message, "KeyboardInterrupt", "the cell was interrupted")
             self._reply(message, reply)
+
+    def _warm_up(self) -> None:
+        """Run a cell on a copy of the namespace, its result thrown away, before the first
+        command: a forked worker's first cell otherwise pays for the interpreter pages it
+        copies from the fork server and the caches it fills (about 0.8 ms, measured), and
+        this happens while the parent still waits for the model's first reply."""
+        import linecache
+
+        ns, cells, final = self.ns, self._cells, self._final
+        self.ns = dict(ns)
+        try:
+            encode_frame(self.run_cell({"id": 0, "code": _WARM_UP_CELL}))
+        except Exception as exc:  # harmless: the first real cell just costs a little more
+            self._channel.diag(f"warm-up cell failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.ns, self._cells, self._final = ns, cells, final
+            linecache.cache.pop(f"<cell-{cells + 1}>", None)
 
     def _read_loop(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -1184,9 +1205,10 @@ def _start(
             os._exit(1)
         descriptor = dict(config["context"])
         fd = descriptor.get("fd")
+        # The (sealed, read-only) memfd stays open for the worker's life: whichever process
+        # lets go of it last frees its pages, and that should be this one, as it exits after
+        # a SIGKILL, not the parent on its way to returning a result.
         context = load_context(-1 if fd is None else int(fd), descriptor)
-        if fd is not None:
-            os.close(int(fd))
         _install_builtins()
         output = _Output(int(config["output_limit"]), pipes)
         session = _Session(channel, gate, output, context, config)
@@ -1228,12 +1250,17 @@ def serve_forks(control_fd: int, parent_pid: int) -> None:
 
     A request is one ``SOCK_SEQPACKET`` record: a JSON object (``{"context": bool}``) and, by
     ``SCM_RIGHTS``, a status socket, the worker's ends of its two channel pipes (in,
-    out), the write end of its stderr pipe and, when ``context`` is true, the context memfd. Replies go to the
-    status socket: ``{"pid": N}`` (or ``{"error": "..."}``) at once, ``{"exit": returncode}``
-    (negative: killed by that signal) once the worker is reaped; then it is closed. Each worker
-    leads a process group of its own, set up by both sides of the fork so that it exists
+    out), the write end of its stderr pipe and, when ``context`` is true, the context memfd.
+    Replies go to the status socket: ``{"pid": N}`` (or ``{"error": "..."}``) at once, and
+    ``{"exit": returncode}`` (negative: killed by that signal) once the worker is reaped. Each
+    worker leads a process group of its own, set up by both sides of the fork so that it exists
     before its pid is sent. When a worker exits, what is left of its group is killed before it
     is reaped, while the group id cannot be reused.
+
+    The session may send ``{"remove": DIRECTORY}`` on the status socket (before it kills the
+    worker): the server removes that directory once the worker is reaped, so that closing a
+    session never waits for the worker's exit. A status socket is kept until the session
+    closes its end.
 
     The server dies with its parent (``PR_SET_PDEATHSIG``), and on EOF of the control socket it
     kills every worker's process group, reaps them and exits. It stays single-threaded, so
@@ -1254,25 +1281,166 @@ def serve_forks(control_fd: int, parent_pid: int) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, _no_op)  # a handler, so that SIGCHLD writes to the wakeup fd
-    children: dict[int, socket.socket] = {}
     poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_read, select.POLLIN)
+    children = _Children(poller)
     while True:
-        ready = {fd for fd, _ in poller.poll()}
-        if wake_read in ready:
-            with contextlib.suppress(OSError):
-                os.read(wake_read, 4096)
-            _reap(children)
-        if control.fileno() in ready:
+        for fd, _ in poller.poll():
+            if fd == wake_read:
+                with contextlib.suppress(OSError):
+                    os.read(wake_read, 4096)
+                children.reap()
+            elif fd == control.fileno():
+                try:
+                    data, fds, flags, _ = socket.recv_fds(control, 65536, 8)
+                except OSError:
+                    data, fds, flags = b"", [], 0
+                if not data and not fds:
+                    children.shutdown()
+                    os._exit(0)
+                _fork_worker(data, fds, flags, control, children, sandbox)
+            else:
+                children.on_status(fd)
+
+
+class _Child:
+    """A worker of the fork server, its status socket, and the directory to remove after it."""
+
+    __slots__ = ("alive", "pid", "remove", "status")
+
+    def __init__(self, pid: int, status: socket.socket) -> None:
+        self.pid = pid
+        self.status = status
+        self.alive = True
+        self.remove: str | None = None
+
+
+class _Children:
+    """The fork server's bookkeeping: live workers by pid, open status sockets by descriptor."""
+
+    def __init__(self, poller: select.poll) -> None:
+        self._poller = poller
+        self.alive: dict[int, _Child] = {}
+        self._by_fd: dict[int, _Child] = {}
+
+    def sockets(self) -> list[socket.socket]:
+        return [child.status for child in self._by_fd.values()]
+
+    def add(self, pid: int, status: socket.socket) -> None:
+        child = _Child(pid, status)
+        self.alive[pid] = child
+        status.setblocking(False)
+        self._by_fd[status.fileno()] = child
+        self._poller.register(status.fileno(), select.POLLIN)
+
+    def on_status(self, fd: int) -> None:
+        """Read what a session sent on a status socket; forget the socket at its EOF."""
+        child = self._by_fd.get(fd)
+        if child is None:
+            return
+        while True:
             try:
-                data, fds, flags, _ = socket.recv_fds(control, 65536, 8)
+                data = child.status.recv(_FORK_REPLY_SIZE)
+            except BlockingIOError:
+                return
             except OSError:
-                data, fds, flags = b"", [], 0
-            if not data and not fds:
-                _shutdown(children)
+                data = b""
+            if not data:
+                self._poller.unregister(fd)
+                del self._by_fd[fd]
+                child.status.close()
+                return
+            self._on_message(child, data)
+
+    def _on_message(self, child: _Child, data: bytes) -> None:
+        try:
+            path = json.loads(data).get("remove")
+        except (ValueError, AttributeError):
+            return
+        # Only a session directory, never a path of some other shape.
+        if not (
+            isinstance(path, str)
+            and os.path.isabs(path)
+            and os.path.basename(path).startswith(WORKDIR_PREFIX)
+        ):
+            return
+        if child.alive:
+            child.remove = path
+        else:
+            _remove_workdir(path)
+
+    def reap(self) -> None:
+        """Reap every exited child; kill the rest of a worker's group first, then report."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or not info.si_pid:
+                return
+            pid = info.si_pid
+            child = self.alive.pop(pid, None)
+            if child is not None:
+                with contextlib.suppress(OSError):  # the zombie still holds the group id
+                    os.killpg(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            if child is not None:  # not a directory remover
+                self._exited(child, status)
+
+    def _exited(self, child: _Child, status: int) -> None:
+        child.alive = False
+        if child.status.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                exit_code = os.waitstatus_to_exitcode(status)
+                child.status.send(json.dumps({"exit": exit_code}).encode())
+            self.on_status(child.status.fileno())  # a removal asked for meanwhile
+        if child.remove is not None:
+            _remove_workdir(child.remove)
+            child.remove = None
+
+    def shutdown(self) -> None:
+        """The parent is gone or done: kill every worker's group, reap them, clean up."""
+        for pid in self.alive:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        for child in list(self.alive.values()):
+            try:
+                _, status = os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                continue
+            self._exited(child, status)
+        self.alive.clear()
+        for fd in list(self._by_fd):
+            self.on_status(fd)
+
+
+def _remove_workdir(path: str) -> None:
+    """Remove a session's directory: at once when small, else in a short-lived child process
+    (the server must stay free to fork workers); that child is reaped like the workers."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+        return
+    try:
+        with os.scandir(path) as entries:
+            names: list[str] = []
+            for entry in entries:
+                if len(names) >= _SMALL_WORKDIR or entry.is_dir(follow_symlinks=False):
+                    raise IsADirectoryError
+                names.append(entry.name)
+        for name in names:
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        if os.fork() == 0:
+            try:
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
                 os._exit(0)
-            _fork_worker(data, fds, flags, control, children, sandbox)
 
 
 def _no_op(signum: int, frame: FrameType | None) -> None:
@@ -1298,7 +1466,7 @@ def _fork_worker(
     fds: list[int],
     flags: int,
     control: socket.socket,
-    children: dict[int, socket.socket],
+    children: _Children,
     sandbox: ModuleType,
 ) -> None:
     """Handle one request: fork the worker and answer on its status socket."""
@@ -1316,7 +1484,7 @@ def _fork_worker(
         pid = os.fork()
         if pid == 0:
             try:
-                inherited = [control, status, *children.values()]
+                inherited = [control, status, *children.sockets()]
                 _become_worker(server, fds[1:], inherited, sandbox)
             finally:
                 os._exit(1)
@@ -1333,7 +1501,7 @@ def _fork_worker(
         os.setpgid(pid, pid)
     for fd in fds[1:]:
         os.close(fd)
-    children[pid] = status
+    children.add(pid, status)
     with contextlib.suppress(OSError):  # the parent gave up: the worker ends at its channel's EOF
         status.send(json.dumps({"pid": pid}).encode())
 
@@ -1364,43 +1532,6 @@ def _become_worker(
     os.environ.clear()  # the init frame brings the worker's own
     sys.argv[1:] = []
     main(sandbox)
-
-
-def _reap(children: dict[int, socket.socket]) -> None:
-    """Reap every exited worker; kill the rest of its group first, then report its status."""
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or not info.si_pid:
-            return
-        pid = info.si_pid
-        with contextlib.suppress(OSError):  # the zombie still holds the group id
-            os.killpg(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        _report_exit(children.pop(pid, None), status)
-
-
-def _report_exit(status_socket: socket.socket | None, status: int) -> None:
-    if status_socket is None:
-        return
-    with contextlib.suppress(OSError):
-        status_socket.send(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
-    status_socket.close()
-
-
-def _shutdown(children: dict[int, socket.socket]) -> None:
-    """The parent is gone: kill every worker's process group and reap them."""
-    for pid in children:
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-    for pid, status_socket in list(children.items()):
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            continue
-        _report_exit(status_socket, status)
 
 
 if __name__ == "__main__":

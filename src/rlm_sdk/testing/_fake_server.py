@@ -341,9 +341,11 @@ class FakeChatServer:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         head = {"content-type": "application/json", **(headers or {})}
         head["content-length"] = str(len(data))
-        await stream.send(conn.send(h11.Response(status_code=status, headers=list(head.items()))))
-        await stream.send(conn.send(h11.Data(data=data)))
-        await stream.send(conn.send(h11.EndOfMessage()))
+        response = h11.Response(status_code=status, headers=list(head.items()))
+        # One write for the whole reply, as a real server does for a small body: the client
+        # wakes once, not once per part.
+        parts = [conn.send(response), conn.send(h11.Data(data=data)), conn.send(h11.EndOfMessage())]
+        await stream.send(b"".join(part or b"" for part in parts))
 
     async def _send_cut(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> None:
         length = str(len(_CUT_BODY) * 2)
