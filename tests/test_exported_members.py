@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import tomllib
+from pathlib import Path
 
 import rlm_sdk
 from rlm_sdk import RecursiveLM
@@ -28,3 +30,10 @@ def test_sync_twins_take_the_same_parameters() -> None:
     """complete/acomplete and batch/abatch have identical parameters."""
     assert _params(RecursiveLM.complete) == _params(RecursiveLM.acomplete)
     assert _params(RecursiveLM.batch) == _params(RecursiveLM.abatch)
+
+
+def test_version_matches_pyproject() -> None:
+    """rlm_sdk.__version__ (also in the providers' User-Agent) is the packaged version."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    assert rlm_sdk.__version__ == project["version"]

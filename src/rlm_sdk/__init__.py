@@ -12,6 +12,7 @@ with code and calls sub-models from that code, recursively::
 
 from ._batch import BatchItem, BatchProgress, BatchResult
 from ._chat import ChatCompletion
+from ._constants import VERSION as __version__
 from ._events import (
     CellFinished,
     CellStarted,
@@ -76,8 +77,6 @@ from .providers import (
     register_provider,
     resolve_model,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "APIConnectionError",

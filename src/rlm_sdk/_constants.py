@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+VERSION = "0.1.0"
+"""The package version (``rlm_sdk.__version__``); pyproject.toml says the same, and a test checks."""
+
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_OLLAMA_BASE_URL = "http://127.0.0.1:11434/v1"

@@ -75,9 +75,7 @@ async def test_request_sent(anthropic_api: respx.MockRouter) -> None:
             "url": "https://api.anthropic.com/v1/messages",
             "headers": {
                 "host": "api.anthropic.com",
-                "accept": "*/*",
-                "accept-encoding": "gzip, deflate",
-                "connection": "keep-alive",
+                "accept": "application/json",
                 "user-agent": IsStr(),
                 "anthropic-version": "2023-06-01",
                 "x-api-key": "sk-ant-test-secret",

@@ -155,18 +155,18 @@ def test_sync_use_closing_each_time(server: FakeChatServer) -> None:
 @pytest.mark.filterwarnings(
     "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
 )
-def test_new_event_loop_gets_a_new_client(server: FakeChatServer) -> None:
-    """Used from a second event loop without closing, the provider makes a client for that loop."""
+def test_new_event_loop_gets_new_connections(server: FakeChatServer) -> None:
+    """Used from a second event loop without closing, the provider opens connections there."""
     # The first loop's sockets cannot be closed properly any more (that loop is gone): hence the
     # ignored ResourceWarning, and the advice to close a provider before its loop ends.
     provider = OpenAICompatibleProvider(base_url=server.base_url)
     assert anyio.run(provider.acomplete, chat("1")).text == "you said 1"
-    first = provider._own_client
+    first = provider._own_transport
 
     async def second() -> tuple[str, bool]:
         async with provider:
             reply = await provider.acomplete(chat("2"))
-            return reply.text, provider._own_client is not first
+            return reply.text, provider._own_transport is not first
 
     assert anyio.run(second) == ("you said 2", True)
     first = None

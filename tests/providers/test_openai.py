@@ -14,6 +14,7 @@ from inline_snapshot import snapshot
 from rlm_sdk._constants import DEFAULT_OPENAI_BASE_URL
 from rlm_sdk._exceptions import APIResponseError, ConfigurationError
 from rlm_sdk.providers import ChatMessage, CompletionRequest, OpenAICompatibleProvider, Provider
+from rlm_sdk.providers._pool import LeanTransport
 from tests.providers.helpers import LOCAL_URL, chat, sent
 
 KEY = "sk-test-secret-123"
@@ -53,9 +54,7 @@ async def test_request_sent_to_openai() -> None:
             "url": "https://api.openai.com/v1/chat/completions",
             "headers": {
                 "host": "api.openai.com",
-                "accept": "*/*",
-                "accept-encoding": "gzip, deflate",
-                "connection": "keep-alive",
+                "accept": "application/json",
                 "user-agent": IsStr(),
                 "authorization": "Bearer sk-test-secret-123",
                 "x-team": "a",
@@ -88,9 +87,7 @@ async def test_request_sent_to_local_server(local_api: respx.MockRouter) -> None
             "url": "http://127.0.0.1:8000/v1/chat/completions",
             "headers": {
                 "host": "127.0.0.1:8000",
-                "accept": "*/*",
-                "accept-encoding": "gzip, deflate",
-                "connection": "keep-alive",
+                "accept": "application/json",
                 "user-agent": IsStr(),
                 "content-length": "72",
                 "content-type": "application/json",
@@ -323,18 +320,18 @@ async def test_given_client_is_used_and_not_closed(local_api: respx.MockRouter) 
         assert local_api.calls.call_count == 1
 
 
-async def test_own_client_closed_idempotently_and_remade(local_api: respx.MockRouter) -> None:
-    """aclose closes the client the provider made, twice is fine, and a later call makes a new one."""
+async def test_own_transport_closed_idempotently_and_remade(local_api: respx.MockRouter) -> None:
+    """aclose closes the connections the provider made, twice is fine, a later call reopens."""
     local_api.post("/chat/completions").respond(json=OK_BODY)
     provider = OpenAICompatibleProvider(base_url=LOCAL_URL)
     await provider.acomplete(chat())
-    client = provider._own_client
-    assert client is not None
+    transport = provider._own_transport
+    assert isinstance(transport, LeanTransport)
     await provider.aclose()
     await provider.aclose()
-    assert client.is_closed
+    assert transport.is_closed
     await provider.acomplete(chat())
-    assert provider._own_client is not client
+    assert provider._own_transport is not transport
     await provider.aclose()
 
 

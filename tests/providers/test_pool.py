@@ -11,13 +11,20 @@ import pytest
 import respx
 
 from rlm_sdk.providers import OpenAICompatibleProvider
-from rlm_sdk.providers._pool import PoolTransport, make_client
+from rlm_sdk.providers._pool import LeanTransport, PoolTransport, make_transport
 from rlm_sdk.testing import FakeChatServer
 from tests.providers.helpers import chat
 
 pytestmark = pytest.mark.integration
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(params=[LeanTransport, PoolTransport])
+def make(request: pytest.FixtureRequest) -> type[LeanTransport] | type[PoolTransport]:
+    """Each test runs against both transports."""
+    kind: type[LeanTransport] | type[PoolTransport] = request.param
+    return kind
 
 
 @pytest.fixture
@@ -34,8 +41,10 @@ async def _post(client: httpx.AsyncClient, url: str, text: str = "hi") -> str:
     return content
 
 
-async def test_sequential_requests_reuse_one_connection(server: FakeChatServer) -> None:
-    transport = PoolTransport()
+async def test_sequential_requests_reuse_one_connection(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
+    transport = make()
     async with httpx.AsyncClient(transport=transport) as client:
         for i in range(5):
             assert await _post(client, server.base_url, f"n{i}") == f"n{i}"
@@ -44,10 +53,11 @@ async def test_sequential_requests_reuse_one_connection(server: FakeChatServer) 
 
 
 async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
+    make: type[LeanTransport] | type[PoolTransport],
     server: FakeChatServer,
 ) -> None:
     server.latency = 0.05  # all 20 overlap
-    transport = PoolTransport()
+    transport = make()
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(2):
             answers: list[str] = []
@@ -66,9 +76,11 @@ async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
             await anyio.sleep(0.01)
 
 
-async def test_idle_connections_beyond_max_idle_are_closed(server: FakeChatServer) -> None:
+async def test_idle_connections_beyond_max_idle_are_closed(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
     server.latency = 0.05
-    transport = PoolTransport(max_idle=3)
+    transport = make(max_idle=3)
     async with httpx.AsyncClient(transport=transport) as client:
         async with anyio.create_task_group() as tg:
             for _ in range(8):
@@ -76,7 +88,9 @@ async def test_idle_connections_beyond_max_idle_are_closed(server: FakeChatServe
         assert transport.connections == 3
 
 
-async def test_a_connection_the_server_closed_is_not_reused() -> None:
+async def test_a_connection_the_server_closed_is_not_reused(
+    make: type[LeanTransport] | type[PoolTransport],
+) -> None:
     """A server that closes after each reply: every request gets a fresh, working connection."""
     served = 0
 
@@ -96,7 +110,7 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    transport = PoolTransport()
+    transport = make()
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         async with httpx.AsyncClient(transport=transport) as client:
@@ -109,10 +123,11 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
 
 
 async def test_a_cut_body_is_a_read_error_and_the_connection_is_dropped(
+    make: type[LeanTransport] | type[PoolTransport],
     server: FakeChatServer,
 ) -> None:
     server.truncate_next()
-    transport = PoolTransport()
+    transport = make()
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await _post(client, server.base_url)
@@ -121,18 +136,22 @@ async def test_a_cut_body_is_a_read_error_and_the_connection_is_dropped(
         assert transport.connections == 1
 
 
-async def test_connection_refused_is_httpx_connect_error() -> None:
+async def test_connection_refused_is_httpx_connect_error(
+    make: type[LeanTransport] | type[PoolTransport],
+) -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there now
-    async with httpx.AsyncClient(transport=PoolTransport()) as client:
+    async with httpx.AsyncClient(transport=make()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_cancelling_a_request_drops_its_connection(server: FakeChatServer) -> None:
+async def test_cancelling_a_request_drops_its_connection(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
     server.latency = 0.6  # the server notices the close when it answers
-    transport = PoolTransport()
+    transport = make()
     async with httpx.AsyncClient(transport=transport) as client:
         with anyio.move_on_after(0.2):
             await _post(client, server.base_url)
@@ -142,8 +161,10 @@ async def test_cancelling_a_request_drops_its_connection(server: FakeChatServer)
             await anyio.sleep(0.01)
 
 
-async def test_closed_transport_refuses_requests(server: FakeChatServer) -> None:
-    transport = PoolTransport()
+async def test_closed_transport_refuses_requests(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
+    transport = make()
     client = httpx.AsyncClient(transport=transport)
     await _post(client, server.base_url)
     await client.aclose()
@@ -152,13 +173,15 @@ async def test_closed_transport_refuses_requests(server: FakeChatServer) -> None
         await _post(client, server.base_url)
 
 
-async def test_the_request_sent_trace_still_fires(server: FakeChatServer) -> None:
+async def test_the_request_sent_trace_still_fires(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
     events: list[str] = []
 
     async def trace(event: str, info: dict[str, object]) -> None:
         events.append(event)
 
-    async with httpx.AsyncClient(transport=PoolTransport()) as client:
+    async with httpx.AsyncClient(transport=make()) as client:
         response = await client.post(
             server.base_url + "/chat/completions", json=BODY, extensions={"trace": trace}
         )
@@ -181,8 +204,6 @@ async def test_respx_default_mocks_still_intercept_the_provider() -> None:
 def test_a_configured_proxy_falls_back_to_httpx_default_transport(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = make_client(httpx.Timeout(5.0), 8)
-    assert isinstance(client._transport, PoolTransport)
+    assert isinstance(make_transport(8), LeanTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    proxied = make_client(httpx.Timeout(5.0), 8)
-    assert isinstance(proxied._transport, httpx.AsyncHTTPTransport)
+    assert isinstance(make_transport(8), httpx.AsyncHTTPTransport)

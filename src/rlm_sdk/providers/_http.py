@@ -43,6 +43,7 @@ from rlm_sdk._constants import (
     INITIAL_RETRY_DELAY,
     MAX_RETRY_AFTER,
     MAX_RETRY_DELAY,
+    VERSION,
 )
 from rlm_sdk._exceptions import (
     APIConnectionError,
@@ -58,12 +59,13 @@ from rlm_sdk._exceptions import (
 from rlm_sdk._logging import get_logger
 from rlm_sdk._observe import notify_request_sent, notify_retry
 
-from ._pool import make_client
+from ._pool import make_transport
 from ._types import CompletionRequest, CompletionResponse
 
 __all__ = ["HTTPProvider"]
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
+_USER_AGENT = f"rlm-sdk/{VERSION}"
 
 
 async def _sleep(seconds: float) -> None:
@@ -218,9 +220,13 @@ class HTTPProvider(ABC):
         self._default_headers = dict(default_headers or {})
         self._httpx_timeout = httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT))
         self._given_client = http_client
+        self._url = httpx.URL(base_url + self._path)
+        self._extensions = {"timeout": self._httpx_timeout.as_dict(), "trace": _trace}
+        # Without a client given, requests go straight to a transport of the provider's own
+        # (an httpx client adds about 0.2 ms of CPU per request, for features unused here).
         # Made on first use, inside an event loop; remade if a later call runs in another loop
-        # (each sync call runs its own), since a client's connections belong to one loop.
-        self._own_client: httpx.AsyncClient | None = None
+        # (each sync call runs its own), since connections belong to one loop.
+        self._own_transport: httpx.AsyncBaseTransport | None = None
         self._loop: object = None
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -242,13 +248,13 @@ class HTTPProvider(ABC):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client this provider made (never one passed in); idempotent.
+        """Close the connections this provider made (never a client passed in); idempotent.
 
-        The provider stays usable: a later call makes a fresh client.
+        The provider stays usable: a later call opens new ones.
         """
-        client, self._own_client = self._own_client, None
-        if client is not None:
-            await client.aclose()
+        transport, self._own_transport = self._own_transport, None
+        if transport is not None:
+            await transport.aclose()
 
     async def acomplete(self, request: CompletionRequest) -> CompletionResponse:
         """Send one request, with retries, and return the reply.
@@ -282,14 +288,12 @@ class HTTPProvider(ABC):
 
     # --- sending ---------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._given_client is not None:
-            return self._given_client
+    def _transport(self) -> httpx.AsyncBaseTransport:
         loop = anyio.lowlevel.current_token().native_token
-        if self._own_client is None or self._loop is not loop:
-            self._own_client = make_client(self._httpx_timeout, self.max_in_flight)
+        if self._own_transport is None or self._loop is not loop:
+            self._own_transport = make_transport(self.max_in_flight)
             self._loop = loop
-        return self._own_client
+        return self._own_transport
 
     def _in_flight(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
@@ -300,7 +304,9 @@ class HTTPProvider(ABC):
         """POST ``body``, retrying what may succeed later; return a 2xx response or raise."""
         secret = None if self._api_key is None else self._api_key.get_secret_value()
         headers = {
+            "accept": "application/json",
             "content-type": "application/json",
+            "user-agent": _USER_AGENT,
             **self._headers(secret),
             **self._default_headers,
         }
@@ -322,16 +328,26 @@ class HTTPProvider(ABC):
 
     async def _attempt(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
         """One POST; the body is read in full (the connection goes back to the pool) or closed."""
-        url = self.base_url + self._path
         try:
             async with self._in_flight():
-                return await self._client().post(
-                    url,
-                    content=content,
-                    headers=headers,
-                    timeout=self._httpx_timeout,
-                    extensions={"trace": _trace},
+                if self._given_client is not None:
+                    return await self._given_client.post(
+                        self._url,
+                        content=content,
+                        headers=headers,
+                        timeout=self._httpx_timeout,
+                        extensions={"trace": _trace},
+                    )
+                request = httpx.Request(
+                    "POST", self._url, headers=headers, content=content, extensions=self._extensions
                 )
+                response = await self._transport().handle_async_request(request)
+                response.request = request
+                try:
+                    await response.aread()  # a no-op for LeanTransport, which has read it
+                finally:
+                    await response.aclose()
+                return response
         except httpx.TimeoutException as err:
             raise APITimeoutError(
                 f"{self.name} did not answer within {self.timeout} s ({type(err).__name__})",
