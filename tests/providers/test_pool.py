@@ -207,3 +207,13 @@ def test_a_configured_proxy_falls_back_to_httpx_default_transport(
     assert isinstance(make_transport(8), LeanTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     assert isinstance(make_transport(8), httpx.AsyncHTTPTransport)
+
+
+async def test_a_body_bigger_than_the_socket_buffer_goes_out_whole(
+    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+) -> None:
+    """8 MB cannot go into the socket at once: the rest follows through the event loop."""
+    text = "x" * (8 * 1024 * 1024)
+    async with httpx.AsyncClient(transport=make()) as client:
+        assert await _post(client, server.base_url, text) == text
+    assert server.requests[-1].json["messages"][0]["content"] == text

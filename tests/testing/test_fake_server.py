@@ -181,3 +181,25 @@ def test_stop_ends_requests_in_flight() -> None:
         assert time.perf_counter() - started < 2
         with pytest.raises(httpx.RemoteProtocolError):
             pending.result(timeout=5)
+
+
+def test_latency_counts_from_arrival_even_when_the_server_is_busy() -> None:
+    """Replies are due at arrival + latency, as the kernel stamped the arrival: a reply function
+    that blocks the server's loop for a while does not push the other requests' replies back."""
+
+    def slow(body: dict[str, Any]) -> str:
+        time.sleep(0.1)  # blocks the server's only thread: later requests wait unread
+        return "ok"
+
+    with FakeChatServer(slow, latency=0.5) as fake:
+        started = time.monotonic()
+
+        def one(_: int) -> float:
+            httpx.post(f"{fake.base_url}/chat/completions", json=CHAT, timeout=5)
+            return time.monotonic() - started
+
+        with ThreadPoolExecutor(4) as pool:
+            elapsed = sorted(pool.map(one, range(4)))
+    # Read late, the last request would be answered at about 0.3 + 0.5 s.
+    assert elapsed[0] >= 0.5
+    assert elapsed[-1] < 0.65, elapsed

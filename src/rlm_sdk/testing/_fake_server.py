@@ -2,15 +2,23 @@
 
 Mocked transports (respx) cannot show what happens on a socket: connections kept alive and
 reused, or leaked; a body cut off mid-way; a hundred requests overlapping. This server shows
-it, with faults on cue. It speaks HTTP/1.1 through h11 on anyio streams, and runs its own event
-loop in a background (daemon) thread, so sync tests, async tests on any loop and benchmark
-scripts can all use it the same way.
+it, with faults on cue. It speaks HTTP/1.1 through h11 on non-blocking sockets driven by anyio,
+and runs its own event loop in a background (daemon) thread, so sync tests, async tests on any
+loop and benchmark scripts can all use it the same way.
+
+Its latency counts from when a request's first bytes reached the machine, as the kernel stamps
+them (``SO_TIMESTAMPNS``), not from when this one Python thread got round to reading them: a
+real model server answers many clients at once, and here 32 large requests arriving together
+would otherwise see their latency start up to 20 ms late.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -33,14 +41,12 @@ ServerReply: TypeAlias = Callable[
 """From the parsed request body to the assistant's text, or to a whole response object."""
 
 _HOST = "127.0.0.1"
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value where Python lacks it
+_STAMP = struct.Struct("qq")
+_ANCILLARY = socket.CMSG_SPACE(_STAMP.size)
+_RECEIVE = 65536
 _CUT_BODY = b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"message": {"cont'
-_GONE = (
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.EndOfStream,
-    h11.ProtocolError,
-    OSError,
-)
+_GONE = (anyio.ClosedResourceError, h11.ProtocolError, OSError)
 
 
 @dataclass(frozen=True)
@@ -72,13 +78,59 @@ async def _sleep_until(deadline: float) -> None:
         await anyio.sleep(delay)
 
 
-async def _next_event(conn: h11.Connection, stream: anyio.abc.ByteStream) -> Any:
+class _Wire:
+    """A client's non-blocking socket, read with ``recvmsg`` to learn when its bytes arrived."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.arrived: float | None = None
+        """When the first bytes read since :meth:`expect` reached the machine (anyio's clock)."""
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+    def expect(self) -> None:
+        self.arrived = None
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(_RECEIVE, _ANCILLARY)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+                continue
+            if self.arrived is None:
+                self.arrived = _arrival(ancillary)
+            return data
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+
+    def close(self) -> None:
+        anyio.notify_closing(self.sock)
+        self.sock.close()
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When data reached the machine, on anyio's clock: the kernel's stamp, else now."""
+    now = anyio.current_time()
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _STAMP.size:
+            seconds, nanoseconds = _STAMP.unpack_from(raw)
+            stamp = float(seconds + nanoseconds / 1e9)
+            return now - max(0.0, time.time() - stamp)
+    return now
+
+
+async def _next_event(conn: h11.Connection, wire: _Wire) -> Any:
     """The next h11 event, reading from the socket as needed (end of stream -> ConnectionClosed)."""
     while (event := conn.next_event()) is h11.NEED_DATA:
-        try:
-            conn.receive_data(await stream.receive())
-        except anyio.EndOfStream:
-            conn.receive_data(b"")
+        conn.receive_data(await wire.receive())
     return event
 
 
@@ -211,40 +263,56 @@ class FakeChatServer:
     async def _main(self, started: Future[int]) -> None:
         """The server thread's whole life: bind, report the port, serve until stopped."""
         try:
-            listener = await anyio.create_tcp_listener(local_host=_HOST, local_port=self._port)
+            listener = socket.create_server((_HOST, self._port), backlog=1024)
+            listener.setblocking(False)
         except BaseException as err:
             started.set_exception(err)
             raise
-        async with listener, BlockingPortal() as portal, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, self._serve_connection)
-            self._portal = portal
-            started.set_result(listener.extra(anyio.abc.SocketAttribute.local_port))
-            await portal.sleep_until_stopped()
-            tg.cancel_scope.cancel()
+        try:
+            async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+                tg.start_soon(self._accept, listener, tg)
+                self._portal = portal
+                started.set_result(listener.getsockname()[1])
+                await portal.sleep_until_stopped()
+                tg.cancel_scope.cancel()
+        finally:
+            anyio.notify_closing(listener)
+            listener.close()
 
-    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _accept(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(listener)
+                continue
+            tg.start_soon(self._serve_connection, _Wire(sock))
+
+    async def _serve_connection(self, wire: _Wire) -> None:
         self._open += 1
         self._total += 1
         conn = h11.Connection(h11.SERVER)
         try:
-            async with stream:
-                while await self._serve_request(conn, stream):
-                    conn.start_next_cycle()
+            while await self._serve_request(conn, wire):
+                conn.start_next_cycle()
         except _GONE:
             pass  # the client went away mid-exchange
         finally:
+            wire.close()
             self._open -= 1
 
-    async def _serve_request(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> bool:
+    async def _serve_request(self, conn: h11.Connection, wire: _Wire) -> bool:
         """Read one request and answer it; False when the connection must close."""
-        request = await _next_event(conn, stream)
+        wire.expect()
+        request = await _next_event(conn, wire)
         if not isinstance(request, h11.Request):
             return False
         # The latency counts from the request's arrival, so the server's own parsing and reply
         # work (the stand-in model's "thinking") is inside it rather than added on top.
-        deadline = anyio.current_time() + self.latency
+        arrived = anyio.current_time() if wire.arrived is None else wire.arrived
+        deadline = arrived + self.latency
         body = bytearray()
-        while not isinstance(event := await _next_event(conn, stream), h11.EndOfMessage):
+        while not isinstance(event := await _next_event(conn, wire), h11.EndOfMessage):
             if not isinstance(event, h11.Data):
                 return False
             body += event.data
@@ -258,28 +326,28 @@ class FakeChatServer:
 
         if (method, path) == ("GET", "/v1/models"):
             models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-            await self._send(conn, stream, 200, models)
+            await self._send(conn, wire, 200, models)
         elif (method, path) != ("POST", "/v1/chat/completions"):
-            await self._send(conn, stream, 404, _error(f"no route for {method} {path}"))
+            await self._send(conn, wire, 404, _error(f"no route for {method} {path}"))
         else:
             fault = self._faults.popleft() if self._faults else None
             if fault is not None:
                 await _sleep_until(deadline)
                 if fault.cut:
-                    await self._send_cut(conn, stream)
+                    await self._send_cut(conn, wire)
                     return False
-                await self._send(conn, stream, fault.status, fault.body, fault.headers)
+                await self._send(conn, wire, fault.status, fault.body, fault.headers)
             elif not isinstance(parsed, dict):
                 await _sleep_until(deadline)
-                await self._send(conn, stream, 400, _error("the body is not a JSON object"))
+                await self._send(conn, wire, 400, _error("the body is not a JSON object"))
             else:
-                await self._send_completion(conn, stream, parsed, deadline)
+                await self._send_completion(conn, wire, parsed, deadline)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def _send_completion(
         self,
         conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
+        wire: _Wire,
         body: dict[str, Any],
         deadline: float,
     ) -> None:
@@ -292,12 +360,10 @@ class FakeChatServer:
             data = json.dumps(self._completion(body, reply)).encode()
         except Exception as err:
             await _sleep_until(deadline)
-            await self._send(conn, stream, 500, _error(f"reply function failed: {err!r}"))
+            await self._send(conn, wire, 500, _error(f"reply function failed: {err!r}"))
             return
         await _sleep_until(deadline)
-        await self._send(
-            conn, stream, 200, data, {"x-request-id": f"req-fake-{len(self.requests)}"}
-        )
+        await self._send(conn, wire, 200, data, {"x-request-id": f"req-fake-{len(self.requests)}"})
 
     def _completion(self, body: dict[str, Any], reply: str | dict[str, Any]) -> dict[str, Any]:
         """A reply function's text as a chat completion (a whole object is sent as is)."""
@@ -333,7 +399,7 @@ class FakeChatServer:
     async def _send(
         self,
         conn: h11.Connection,
-        stream: anyio.abc.SocketStream,
+        wire: _Wire,
         status: int,
         body: bytes | dict[str, Any],
         headers: Mapping[str, str] | None = None,
@@ -345,13 +411,13 @@ class FakeChatServer:
         # One write for the whole reply, as a real server does for a small body: the client
         # wakes once, not once per part.
         parts = [conn.send(response), conn.send(h11.Data(data=data)), conn.send(h11.EndOfMessage())]
-        await stream.send(b"".join(part or b"" for part in parts))
+        await wire.send(b"".join(part or b"" for part in parts))
 
-    async def _send_cut(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> None:
+    async def _send_cut(self, conn: h11.Connection, wire: _Wire) -> None:
         length = str(len(_CUT_BODY) * 2)
         head = [("content-type", "application/json"), ("content-length", length)]
-        await stream.send(conn.send(h11.Response(status_code=200, headers=head)))
-        await stream.send(conn.send(h11.Data(data=_CUT_BODY)))
+        await wire.send(conn.send(h11.Response(status_code=200, headers=head)))
+        await wire.send(conn.send(h11.Data(data=_CUT_BODY)))
 
 
 def _error(message: str) -> dict[str, Any]:
