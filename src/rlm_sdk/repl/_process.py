@@ -212,13 +212,14 @@ class WorkerProcess:
         """
         if self.returncode is None and not self._killed:
             self._killed = True
-            for kill in (os.kill, os.killpg):
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                # No such group (yet): only a worker that has not made it can be in it.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    kill(self.pid, signal.SIGKILL)
-            # A worker killed right after its fork may not have made its group yet (setsid):
-            # signal the process itself too, or the kill would be lost.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
+                    os.kill(self.pid, signal.SIGKILL)
+            except PermissionError:
+                pass
 
     def interrupt(self) -> None:
         """SIGINT the worker: a KeyboardInterrupt in the running cell."""
