@@ -291,3 +291,21 @@ def _peak_rss(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
+
+
+def test_bound_names_read_from_bytecode_cover_wide_and_nested_code() -> None:
+    """Past 256 names (EXTENDED_ARG) every store counts; function and class bodies do not,
+    nor comprehension variables; ``del`` and bare annotations bind nothing."""
+    from rlm_sdk.repl import _worker
+
+    many = "\n".join(f"v{i} = {i}" for i in range(300))
+    code = compile(
+        many + "\ndef f():\n    inner = 1\nclass K:\n    attr = 2\n"
+        "squares = [n * n for n in range(3)]\nx: int\ndel v0\nimport os.path as p, sys",
+        "<cell>",
+        "exec",
+    )
+    bound = _worker._bound_names(code)
+    assert {f"v{i}" for i in range(300)} <= bound
+    assert {"f", "K", "squares", "p", "sys"} <= bound
+    assert not {"inner", "attr", "n", "x", "os"} & bound

@@ -343,7 +343,6 @@ class REPLSession:
                 "(resource limits only): it can reach the network, the file system and "
                 "other processes",
             )
-        self._workdir = _make_workdir()
         self._lock = anyio.Lock(fast_acquire=True)
         self._prepared = anyio.Event()
         self._tg = anyio.create_task_group()
@@ -408,7 +407,7 @@ class REPLSession:
                 if (
                     self._workdir is not None
                     and not worker.finished.is_set()
-                    and worker.process.hand_over_directory(self._workdir)
+                    and worker.process.close_via_server(self._workdir)
                 ):
                     self._workdir = None
                     worker.detached = True
@@ -581,19 +580,23 @@ class REPLSession:
 
     async def _spawn(self) -> _Worker:
         """Start a worker (forked by the fork server if there is one) and supervise it."""
-        assert self._tg is not None and self._workdir is not None
+        assert self._tg is not None
         started = anyio.current_time()
         process: WorkerProcess | None = None
         if self._forkserver is not None:
             try:
                 process = await self._forkserver._spawn(
                     memfd=self._memfd,
+                    workdir=self._workdir,  # None: the server makes one
                     reply_within=min(self._start_timeout, FORKSERVER_REPLY_TIMEOUT),
                 )
+                self._workdir = process.workdir
             except ForkServerUnavailable as exc:
                 self._log.warning("rlm.forkserver_unavailable", error=str(exc))
                 started = anyio.current_time()
         if process is None:
+            if self._workdir is None:
+                self._workdir = _make_workdir()
             try:
                 env = self._worker_env()  # at exec: the parent's own never reaches it
                 process = spawn_direct(WORKER_PATH, env=env, cwd=self._workdir, memfd=self._memfd)

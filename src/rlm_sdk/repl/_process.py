@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import weakref
 from collections.abc import Mapping
 from types import TracebackType
@@ -186,6 +187,8 @@ class WorkerProcess:
         self.context_fd = context_fd
         self.returncode: int | None = None
         self.lost: str | None = None
+        self.workdir: str | None = None
+        """The private directory the fork server made for the worker, if it made one."""
         self._waiting: anyio.Event | None = None
         self._killed = False
         self._closed = False
@@ -241,11 +244,12 @@ class WorkerProcess:
                 chunks.append(chunk)
         return b"".join(chunks)
 
-    def hand_over_directory(self, path: str) -> bool:
-        """Ask whoever reaps the worker to remove ``path`` afterwards; False if nobody will.
+    def close_via_server(self, workdir: str) -> bool:
+        """Have the fork server kill the worker's group, reap it, then remove ``workdir``.
 
-        Only the fork server can (it reaps its workers itself); a directly started worker is
-        reaped here, and its session removes its directory.
+        True if it was asked (the worker counts as killed from then on); False if it cannot
+        be: a directly started worker is killed and reaped here, and its session removes its
+        directory.
         """
         return False
 
@@ -308,11 +312,14 @@ class _ForkedProcess(WorkerProcess):
         super().__init__(pid, channel, stderr, parent_pid=server_pid, context_fd=context_fd)
         self._status = status
 
-    def hand_over_directory(self, path: str) -> bool:
+    def close_via_server(self, workdir: str) -> bool:
+        if self.returncode is not None or self._killed:
+            return False
         try:
-            self._status.send(json.dumps({"remove": path}).encode())
+            self._status.send(json.dumps({"kill": True, "remove": workdir}).encode())
         except OSError:  # the server is gone, or this socket is closed
             return False
+        self._killed = True
         return True
 
     async def _wait_for_exit(self) -> None:
@@ -425,7 +432,9 @@ class ForkServer:
         with anyio.CancelScope(shield=True):
             await self._stop()
 
-    async def _spawn(self, *, memfd: int | None, reply_within: float) -> WorkerProcess:
+    async def _spawn(
+        self, *, memfd: int | None, workdir: str | None, reply_within: float
+    ) -> WorkerProcess:
         """Fork a worker for a REPL session; a server found dead is replaced once.
 
         The server learns nothing about the session but whether it has a context: the
@@ -440,7 +449,7 @@ class ForkServer:
             popen = self._popen
             assert popen is not None
             try:
-                process = await self._request(memfd, reply_within)
+                process = await self._request(memfd, workdir, reply_within)
             except _ServerGone:
                 if popen.returncode is None:  # not yet reaped (by another request noticing)
                     with anyio.move_on_after(FORKSERVER_EXIT_GRACE):
@@ -490,14 +499,22 @@ class ForkServer:
         self._finalizer = weakref.finalize(self, _abandon, popen, parent_end)
         self.starts += 1
 
-    async def _request(self, memfd: int | None, reply_within: float) -> WorkerProcess:
+    async def _request(
+        self, memfd: int | None, workdir: str | None, reply_within: float
+    ) -> WorkerProcess:
         assert self._popen is not None and self._control is not None
         server_pid, control = self._popen.pid, self._control
         status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel, worker_in, worker_out = _channel_pipes()
         err_read, err_write = os.pipe()
         try:
-            spec = {"context": memfd is not None}
+            # The worker's directory: this one (a restarted worker keeps its session's), or a
+            # new one the server makes under our temporary directory, off our event loop.
+            spec = {
+                "context": memfd is not None,
+                "workdir": workdir,
+                "tmpdir": tempfile.gettempdir(),
+            }
             fds = [status_child.fileno(), worker_in, worker_out, err_write]
             fds += [] if memfd is None else [memfd]
             try:
@@ -510,10 +527,16 @@ class ForkServer:
             with anyio.move_on_after(reply_within):
                 reply = await _receive_reply(status)
                 pid = None if reply is None else reply.get("pid")
-                if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+                made = None if reply is None else reply.get("workdir")
+                if (
+                    isinstance(pid, int)
+                    and not isinstance(pid, bool)
+                    and pid > 0
+                    and isinstance(made, str)
+                ):
                     os.set_blocking(err_read, False)
                     context_fd = None if memfd is None else _worker.CONTEXT_FD
-                    return _ForkedProcess(
+                    process = _ForkedProcess(
                         pid,
                         status,
                         channel,
@@ -521,6 +544,8 @@ class ForkServer:
                         server_pid=server_pid,
                         context_fd=context_fd,
                     )
+                    process.workdir = made
+                    return process
                 if reply is None:
                     raise _ServerGone("the fork server closed the request")
                 raise ForkServerUnavailable(f"the fork server answered {reply!r}")
