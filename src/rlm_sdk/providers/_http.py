@@ -59,6 +59,7 @@ from rlm_sdk._exceptions import (
 from rlm_sdk._logging import get_logger
 from rlm_sdk._observe import notify_request_sent, notify_retry
 
+from ._json import encode_json
 from ._pool import make_transport
 from ._types import CompletionRequest, CompletionResponse
 
@@ -310,9 +311,8 @@ class HTTPProvider(ABC):
             **self._headers(secret),
             **self._default_headers,
         }
-        # ASCII JSON: the C encoder's fastest path (a 120 kB prompt costs about a third less
-        # than UTF-8 JSON), and valid for any text. Encoded per attempt, once a slot is free,
-        # so that concurrent requests each leave as soon as encoded (see LeanTransport).
+        # Encoded per attempt, once a slot is free, so that concurrent requests each leave as
+        # soon as they are encoded (see LeanTransport).
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             retry=retry_if_exception_type(APIConnectionError) | retry_if_result(_is_retryable),
@@ -330,7 +330,7 @@ class HTTPProvider(ABC):
         """One POST; the body is read in full (the connection goes back to the pool) or closed."""
         try:
             async with self._in_flight():
-                content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+                content = encode_json(body)
                 if self._given_client is not None:
                     return await self._given_client.post(
                         self._url,
