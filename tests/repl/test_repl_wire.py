@@ -232,3 +232,29 @@ def test_the_worker_reads_segmented_frames() -> None:
         channel = _worker._Channel(child.fileno(), child.fileno(), -1)
         assert channel.read() == message
         sender.join()
+
+
+def test_write_parts_survives_partial_writes_and_many_parts() -> None:
+    """writev may take part of a part: every byte still arrives, in order, past IOV_MAX parts."""
+    import os
+    import threading
+
+    from rlm_sdk.repl import _worker
+
+    parts = [bytes([i % 251]) * (i % 7) for i in range(3000)] + [b"x" * 300_000, b""]
+    expected = b"".join(parts)
+    read_fd, write_fd = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(read_fd, 4096):  # slow reads: the pipe fills, writes are partial
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    _worker.write_parts(write_fd, parts)
+    os.close(write_fd)
+    reader.join(timeout=10)
+    os.close(read_fd)
+    assert bytes(received) == expected
+    assert _worker.encode_frame({"a": 1}) == b"".join(_worker.encode_frame_parts({"a": 1}))

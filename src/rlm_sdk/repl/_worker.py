@@ -112,6 +112,7 @@ _PIPE_SIZE = 1024 * 1024
 _READ_CHUNK = 16 * 1024 * 1024
 _READ_AHEAD = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+_IOV_MAX = 1024
 _WARM_UP_CELL = 'n = len("warm")\nprint(f"{n:,}", repr("up"[:1]))\nn'
 WORKDIR_PREFIX = "rlm-repl-"
 """Session directories are made with this prefix; the fork server removes no other kind."""
@@ -134,6 +135,11 @@ def encode_frame(message: dict[str, Any]) -> bytes:
         FrameTooLargeError: the payload exceeds ``MAX_FRAME_SIZE``.
         TypeError, ValueError: ``message`` is not plain JSON (NaN and infinities included).
     """
+    return b"".join(encode_frame_parts(message))
+
+
+def encode_frame_parts(message: dict[str, Any]) -> list[bytes]:
+    """:func:`encode_frame` as a list of byte strings, for ``writev``: no joined copy."""
     table: dict[str, int | list[int]] = {}
     segments: list[bytes] = []
     for key, value in message.items():
@@ -151,10 +157,26 @@ def encode_frame(message: dict[str, Any]) -> bytes:
         head = _json_bytes(header)
         size = HEADER_SIZE + len(head) + sum(map(len, segments))
         _check_size(size)
-        return b"".join((_HEADER.pack(size | _SEGMENTED), _HEADER.pack(len(head)), head, *segments))
+        return [_HEADER.pack(size | _SEGMENTED) + _HEADER.pack(len(head)) + head, *segments]
     payload = _json_bytes(message)
     _check_size(len(payload))
-    return _HEADER.pack(len(payload)) + payload
+    return [_HEADER.pack(len(payload)) + payload]
+
+
+def write_parts(fd: int, parts: list[bytes]) -> None:
+    """Write every byte of ``parts`` to the blocking descriptor ``fd``, with ``writev``."""
+    views = [memoryview(part) for part in parts if part]
+    first = 0
+    while first < len(views):
+        done = os.writev(fd, views[first : first + _IOV_MAX])
+        while done:
+            size = len(views[first])
+            if done >= size:
+                done -= size
+                first += 1
+            else:
+                views[first] = views[first][done:]
+                done = 0
 
 
 def _json_bytes(message: dict[str, Any]) -> bytes:
@@ -443,15 +465,13 @@ class _Channel:
         return buffer
 
     def send(self, message: dict[str, Any], gate: _Gate | None = None) -> None:
-        self.send_frame(encode_frame(message), gate)
+        self.send_frame(encode_frame_parts(message), gate)
 
-    def send_frame(self, frame: bytes, gate: _Gate | None = None) -> None:
+    def send_frame(self, parts: list[bytes], gate: _Gate | None = None) -> None:
         held = gate.hold() if gate is not None else False
         try:
             with self._wlock:
-                view = memoryview(frame)
-                while view:
-                    view = view[os.write(self._wfd, view) :]
+                write_parts(self._wfd, parts)
         except OSError:
             os._exit(0)  # the parent is gone
         finally:
@@ -653,8 +673,8 @@ class _Bridge:
             request_id = next(self._ids)
             self._pending[request_id] = (waiter, box)
         try:
-            frame = encode_frame({**message, "id": request_id})
-            self._channel.send_frame(frame, self._gate)
+            parts = encode_frame_parts({**message, "id": request_id})
+            self._channel.send_frame(parts, self._gate)
             waiter.acquire()
             return box[0]
         finally:
@@ -848,7 +868,7 @@ class _Session:
         ns, cells, final = self.ns, self._cells, self._final
         self.ns = dict(ns)
         try:
-            encode_frame(self.run_cell({"id": 0, "code": _WARM_UP_CELL}))
+            encode_frame_parts(self.run_cell({"id": 0, "code": _WARM_UP_CELL}))
         except Exception as exc:  # harmless: the first real cell just costs a little more
             self._channel.diag(f"warm-up cell failed: {type(exc).__name__}: {exc}")
         finally:
@@ -872,11 +892,11 @@ class _Session:
 
     def _reply(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
         try:
-            frame = encode_frame(reply)
+            parts = encode_frame_parts(reply)
         except (TypeError, ValueError) as exc:
             reply = self._fallback(message, "REPLError", f"the reply could not be sent: {exc}")
-            frame = encode_frame(reply)
-        self._channel.send_frame(frame)
+            parts = encode_frame_parts(reply)
+        self._channel.send_frame(parts)
 
     def _fallback(self, message: dict[str, Any], error: str, text: str) -> dict[str, Any]:
         """A minimal reply to ``message`` when the normal one could not be made."""
