@@ -8,13 +8,17 @@ measured median to that path is the SDK's overhead.
     uv run python bench/bench_latency.py fanout       # 32 sub-calls through llm_query_batched
     uv run python bench/bench_latency.py concurrent   # 20 runs at once, each answer checked
     uv run python bench/bench_latency.py batch        # 100 items at concurrency 32
+    uv run python bench/bench_latency.py memory       # 32 runs over 10 MB contexts: peak RSS
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import threading
 import time
+from pathlib import Path
 
 import anyio
 from _common import model_server, report
@@ -113,16 +117,97 @@ async def bench_batch(args: argparse.Namespace) -> None:
     )
 
 
+def _tree_rss(root: int, skip: set[int]) -> int:
+    """Resident bytes of ``root`` and every process below it, except the ``skip`` subtrees."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        parents[pid] = int(fields["PPid"])
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total = 0
+    for pid, size in rss.items():
+        p = pid
+        while p not in (root, 0, 1) and p in parents and p not in skip:
+            p = parents[p]
+        if p == root and pid not in skip:
+            total += size
+    return total
+
+
+async def bench_memory(args: argparse.Namespace) -> None:
+    runs = 32
+    haystacks = [make_haystack(260_000, seed=500 + i) for i in range(runs)]
+    size = len(haystacks[0][0])
+    print(f"{runs} concurrent runs over {size / 1e6:.1f} MB contexts")
+    with model_server("niah", args.latency) as url:
+        server_pids = {
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _parent(int(p.name)) == os.getpid()
+        }
+        rlm = _rlm(url)
+        await rlm.acomplete("warm-up", NIAH_QUERY)  # the fork server is up, imports are done
+        baseline = _tree_rss(os.getpid(), server_pids)
+        peak = baseline
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.005):
+                peak = max(peak, _tree_rss(os.getpid(), server_pids))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        answers: list[str | None] = [None] * runs
+
+        async def one(k: int) -> None:
+            answers[k] = (await rlm.acomplete(haystacks[k][0], NIAH_QUERY)).answer
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for k in range(runs):
+                    tg.start_soon(one, k)
+        finally:
+            done.set()
+            sampler.join()
+        await rlm.aclose()
+    wrong = [k for k in range(runs) if answers[k] != str(haystacks[k][1])]
+    assert not wrong, f"wrong answers for runs {wrong}"
+    per_run = (peak - baseline) / runs
+    print(
+        f"peak RSS of the process tree: {peak / 1e6:.0f} MB (before the runs: "
+        f"{baseline / 1e6:.0f} MB); per run {per_run / 1e6:.1f} MB = "
+        f"{per_run / size:.2f}x its context"
+    )
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["niah", "fanout", "concurrent", "batch", "all"])
+    parser.add_argument("which", choices=["niah", "fanout", "concurrent", "batch", "memory", "all"])
     parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    chosen = ["niah", "fanout", "concurrent", "batch"] if args.which == "all" else [args.which]
+    every = ["niah", "fanout", "concurrent", "batch", "memory"]
+    chosen = every if args.which == "all" else [args.which]
     for name in chosen:
         anyio.run(
             {
@@ -130,6 +215,7 @@ def main() -> None:
                 "fanout": bench_fanout,
                 "concurrent": bench_concurrent,
                 "batch": bench_batch,
+                "memory": bench_memory,
             }[name],
             args,
         )

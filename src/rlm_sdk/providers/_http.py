@@ -311,8 +311,29 @@ class HTTPProvider(ABC):
             **self._headers(secret),
             **self._default_headers,
         }
-        # Encoded per attempt, once a slot is free, so that concurrent requests each leave as
-        # soon as they are encoded (see LeanTransport).
+        # The first attempt runs outside tenacity, whose bookkeeping costs about as much CPU
+        # as the request itself; only an outcome worth retrying enters the retry loop, where
+        # it is replayed as attempt 1, so delays, logs and events are exactly tenacity's.
+        first: httpx.Response | APIConnectionError
+        try:
+            first = await self._attempt(body, headers)
+        except APIConnectionError as err:
+            first = err
+        else:
+            if not _is_retryable(first):
+                if not first.is_success:
+                    raise self._status_error(first)
+                return first
+        replay: list[httpx.Response | APIConnectionError] = [first]
+
+        async def attempt() -> httpx.Response:
+            if replay:
+                outcome = replay.pop()
+                if isinstance(outcome, APIConnectionError):
+                    raise outcome
+                return outcome
+            return await self._attempt(body, headers)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             retry=retry_if_exception_type(APIConnectionError) | retry_if_result(_is_retryable),
@@ -321,7 +342,7 @@ class HTTPProvider(ABC):
             sleep=_sleep,
             retry_error_callback=_last_outcome,
         )
-        response: httpx.Response = await retrying(self._attempt, body, headers)
+        response: httpx.Response = await retrying(attempt)
         if not response.is_success:
             raise self._status_error(response)
         return response
