@@ -595,6 +595,9 @@ class RecursiveLM:
                 tg.start_soon(first.run, self._first_call(run, messages, first.sent))
                 with anyio.move_on_after(_FIRST_SEND_WAIT):
                     await first.sent.wait()
+                # One turn of the event loop first: runs started together get their first
+                # requests out before any of them starts its worker.
+                await anyio.lowlevel.checkpoint()
                 async with REPLSession(
                     context,
                     handler=handler,
