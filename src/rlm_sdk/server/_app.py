@@ -41,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 from rlm_sdk import ConfigurationError, Event
 from rlm_sdk._logging import get_logger
 from rlm_sdk._recorder import load_events
+from rlm_sdk.providers import Provider
 from rlm_sdk.repl import ForkServer
 from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
@@ -56,6 +57,7 @@ from ._http import (
 )
 from ._jobs import make_job, parse_options
 from ._openai import chat_completions, list_models
+from ._providers import SharedProviders
 from ._runs import RunRegistry, ServerRun
 
 __all__ = ["build_app"]
@@ -67,10 +69,17 @@ _DEMO_MAX_LINES = 2_000_000
 class _Handlers:
     """The routes' endpoints, bound to one app's config and run registry."""
 
-    def __init__(self, config: ServerConfig, runs: RunRegistry, forkserver: ForkServer) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        runs: RunRegistry,
+        forkserver: ForkServer,
+        provider: Provider,
+    ) -> None:
         self.config = config
         self.runs = runs
         self.forkserver = forkserver
+        self.provider = provider
         self.index_html = (
             importlib.resources.files(_PACKAGE).joinpath("static", "index.html").read_text("utf-8")
         )
@@ -101,7 +110,9 @@ class _Handlers:
         )
         context = (await read_body(request, self.config.max_body_bytes)).decode("utf-8", "replace")
         run = self.runs.start(
-            make_job(self.config, options, context, q.get("query", ""), self.forkserver)
+            make_job(
+                self.config, options, context, q.get("query", ""), self.forkserver, self.provider
+            )
         )
         return JSONResponse(
             {"id": run.id, "events_url": f"/api/runs/{run.id}/events", "options": vars(options)},
@@ -160,7 +171,7 @@ class _Handlers:
         return list_models(self.config)
 
     async def v1_chat(self, request: Request) -> Response:
-        return await chat_completions(request, self.config, self.forkserver)
+        return await chat_completions(request, self.config, self.forkserver, self.provider)
 
 
 def _load_trajectory(body: bytes, name: str) -> list[Event]:
@@ -201,12 +212,18 @@ def build_app(config: ServerConfig) -> Starlette:
     """The app for ``config``; see :func:`rlm_sdk.server.create_app`."""
     runs = RunRegistry(MAX_RUNS_KEPT)
     forkserver = ForkServer()
-    h = _Handlers(config, runs, forkserver)
+    # Every run shares the app's providers: one set of connections, one bound on requests
+    # in flight per provider, whatever the number of runs.
+    shared = SharedProviders()
+    h = _Handlers(config, runs, forkserver, config.provider or shared)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with forkserver, runs.running():
-            yield
+        try:
+            async with forkserver, runs.running():
+                yield
+        finally:
+            await shared.aclose()
 
     routes = [
         Route("/", h.index),

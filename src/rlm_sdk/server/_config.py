@@ -68,7 +68,8 @@ class ServerConfig(BaseModel):
             the first is the default root model, the second (if any) the default sub model.
         provider: serve every model through this provider (tests and ``--offline`` pass a
             :class:`~rlm_sdk.testing.ScriptedProvider`); ``None`` resolves each model name's
-            prefix, one provider per run.
+            prefix once, and every run of the app shares that provider (its connections and
+            its bound on requests in flight).
         offline: the provider is a scripted stand-in; the page says no model is called.
         max_body_bytes: largest request body accepted (a context upload, a chat request).
         allowed_hosts: accepted ``Host`` header values (``"127.0.0.1:8000"``), compared

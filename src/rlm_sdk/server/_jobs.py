@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm_sdk import Event, RecursiveLM, RLMResult
+from rlm_sdk.providers import Provider
 from rlm_sdk.repl import ContextData, ForkServer
 
 from ._config import ServerConfig
@@ -98,19 +99,20 @@ def make_job(
     context: ContextData,
     query: str,
     forkserver: ForkServer | None = None,
+    provider: Provider | None = None,
 ) -> Job:
     """A job for the registry or an endpoint: one top-level run reporting to ``sink``.
 
-    With no provider in the config, the run resolves model prefixes itself and closes the
-    providers it made when it ends. Every run of an app forks its REPL workers from the app's
-    one ``forkserver``.
+    The run talks to ``provider`` (the app's shared one), else to the config's, else it
+    resolves model prefixes itself and closes what it made when it ends. Every run of an
+    app forks its REPL workers from the app's one ``forkserver``.
     """
 
     async def job(sink: EventSink) -> RLMResult:
         async with RecursiveLM(
             options.model,
             sub_model=options.sub_model,
-            provider=config.provider,
+            provider=provider or config.provider,
             max_iterations=options.max_iterations,
             max_depth=options.max_depth,
             on_limit="return",

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from rlm_sdk import ConfigurationError, ProviderError, RLMError, RLMResult
 from rlm_sdk._chat import messages_to_run, to_chat_completion
+from rlm_sdk.providers import Provider
 from rlm_sdk.repl import ForkServer
 
 from ._config import MODEL_PREFIX, ServerConfig
@@ -83,7 +84,10 @@ def _parse_request(config: ServerConfig, raw: bytes) -> tuple[dict[str, Any], st
 
 
 async def chat_completions(
-    request: Request, config: ServerConfig, forkserver: ForkServer | None = None
+    request: Request,
+    config: ServerConfig,
+    forkserver: ForkServer | None = None,
+    provider: Provider | None = None,
 ) -> Response:
     """``POST /v1/chat/completions`` (see the module docstring)."""
     payload, root = _parse_request(config, await read_body(request, config.max_body_bytes))
@@ -105,7 +109,7 @@ async def chat_completions(
         context, query = messages_to_run(messages)
     except ConfigurationError as err:
         raise ApiError(400, str(err), param="messages") from err
-    job = make_job(config, options, context, query, forkserver)
+    job = make_job(config, options, context, query, forkserver, provider)
     model_name = str(payload["model"])
 
     if payload.get("stream") is True:
