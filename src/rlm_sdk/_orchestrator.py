@@ -269,14 +269,12 @@ class RecursiveLM:
         self.tools = dict(tools or {})
         self._tool_docs = {_tool_signature(n, f): _first_line(f) for n, f in self.tools.items()}
         self.prices = dict(prices or {})
-        self._repl_options: dict[str, Any] = {
+        self._isolation_options: dict[str, Any] = {
             "isolation": isolation,
             "allow_network": allow_network,
             "allow_subprocess": allow_subprocess,
             "readable_paths": tuple(readable_paths),
             "memory_limit": memory_limit,
-            "cell_timeout": cell_timeout,
-            "output_limit": output_limit,
         }
         if isolation not in ("auto", "strict", "none"):
             raise ConfigurationError(
@@ -603,7 +601,9 @@ class RecursiveLM:
                     handler=handler,
                     tools=self.tools,
                     forkserver=self._forkserver,
-                    **self._repl_options,
+                    cell_timeout=self.cell_timeout,
+                    output_limit=self.output_limit,
+                    **self._isolation_options,
                 ) as repl:
                     answer, reason = await self._turns(run, repl, messages, first)
                     run.isolation = repl.isolation_layers
