@@ -46,7 +46,9 @@ class AnthropicProvider(HTTPProvider):
         timeout: seconds for one attempt (connect, read, write).
         max_retries: retries after the first attempt, for errors that may pass.
         max_in_flight: requests in flight at once through this instance.
-        http_client: a client to use; the provider never closes it.
+        http_client: a client to send through (its transport, proxies, hooks); the provider
+            never closes it. Without one, requests go through the provider's own lean
+            HTTP/1.1 transport.
         default_headers: sent with every request, after (and over) the provider's own, e.g.
             ``anthropic-beta``.
 
