@@ -111,8 +111,8 @@ class _Body(httpx.AsyncByteStream):
             await self._pool._release(self._key, conn)
 
 
-class PoolTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 keep-alive connections kept on a last-in-first-out stack per origin.
+class _Stacks(httpx.AsyncBaseTransport):
+    """What both transports keep: their settings, and an SSL context made on first need.
 
     Args:
         max_idle: idle connections kept per origin; more are closed as they come back.
@@ -132,9 +132,29 @@ class PoolTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        """Set up a subclass's own state."""
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context(verify=self._verify)
+        return self._ssl
+
+
+class PoolTransport(_Stacks):
+    """HTTP/1.1 keep-alive connections kept on a last-in-first-out stack per origin, each an
+    httpcore ``AsyncHTTPConnection``. Arguments as :class:`_Stacks`."""
+
+    def _start(self) -> None:
         self._idle: dict[_Key, list[httpcore.AsyncHTTPConnection]] = {}
         self._open: set[httpcore.AsyncHTTPConnection] = set()
-        self._closed = False
 
     @property
     def connections(self) -> int:
@@ -196,11 +216,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
             if conn.is_available() and not conn.has_expired():
                 return conn
             await self._discard(conn)
-        if origin.scheme == b"https" and self._ssl is None:
-            self._ssl = httpx.create_ssl_context(verify=self._verify)
         conn = httpcore.AsyncHTTPConnection(
             origin,
-            ssl_context=self._ssl if origin.scheme == b"https" else None,
+            ssl_context=self._ssl_context() if origin.scheme == b"https" else None,
             keepalive_expiry=self._keepalive_expiry,
         )
         self._open.add(conn)
@@ -283,42 +301,23 @@ class _Connection:
             await self.stream.aclose()
 
 
-class LeanTransport(httpx.AsyncBaseTransport):
+class LeanTransport(_Stacks):
     """HTTP/1.1 keep-alive connections through h11, on a last-in-first-out stack per origin.
 
     For request/response exchanges: the whole response body is read before the response is
     returned. See the module docstring for what it honours and when it defers to httpcore.
-
-    Args:
-        max_idle: idle connections kept per origin; more are closed as they come back.
-        keepalive_expiry: seconds an idle connection is kept.
-        verify: as httpx's ``verify``; the SSL context is made on the first https request.
+    Arguments: ``max_idle``, ``keepalive_expiry`` and ``verify``, as :class:`_Stacks`.
     """
 
-    def __init__(
-        self,
-        *,
-        max_idle: int = 64,
-        keepalive_expiry: float = 5.0,
-        verify: ssl.SSLContext | str | bool = True,
-    ) -> None:
-        self._max_idle = max_idle
-        self._keepalive_expiry = keepalive_expiry
-        self._verify = verify
-        self._ssl: ssl.SSLContext | None = None
+    def _start(self) -> None:
         self._idle: dict[_Key, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
-        self._closed = False
         self._fallback: PoolTransport | None = None
 
     @property
     def connections(self) -> int:
         """Connections open now, idle or in use."""
         return len(self._busy) + sum(map(len, self._idle.values()))
-
-    @property
-    def is_closed(self) -> bool:
-        return self._closed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
@@ -374,12 +373,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
             anyio.fail_after(connect_timeout),
         ):
             if scheme == b"https":
-                if self._ssl is None:
-                    self._ssl = httpx.create_ssl_context(verify=self._verify)
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(
                     host,
                     port,
-                    ssl_context=self._ssl,
+                    ssl_context=self._ssl_context(),
                     tls_hostname=host,
                     tls_standard_compatible=False,
                 )

@@ -102,8 +102,6 @@ _STDERR_TAIL = 8192
 _SEND_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _READ_ENDS = (EOFError, anyio.ClosedResourceError, OSError)
 _ISOLATION_MODES = ("auto", "strict", "none")
-_SMALL_DIRECTORY = 64
-"""A private directory with fewer plain files than this is removed inline, without a thread."""
 _BACKGROUND_CLOSE_BYTES = 4 * 1024 * 1024
 """A context memfd at least this big is closed on a thread of its own (see ``_close_memfd``)."""
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
@@ -417,7 +415,7 @@ class REPLSession:
                         await worker.finished.wait()
                 worker.scope.cancel()  # stop reading it (and, if it would not die, stop waiting)
             if self._workdir is not None:
-                if not _remove_small_directory(self._workdir):
+                if not _worker.remove_small_directory(self._workdir):
                     remove = functools.partial(shutil.rmtree, self._workdir, ignore_errors=True)
                     await anyio.to_thread.run_sync(remove)
                 self._workdir = None
@@ -945,23 +943,6 @@ def _make_workdir() -> str:
         except FileExistsError:
             continue
         return path
-
-
-def _remove_small_directory(path: str) -> bool:
-    """Remove ``path`` if it holds only a few plain files; False when it needs ``rmtree``."""
-    try:
-        with os.scandir(path) as entries:
-            names: list[str] = []
-            for entry in entries:
-                if len(names) >= _SMALL_DIRECTORY or entry.is_dir(follow_symlinks=False):
-                    return False
-                names.append(entry.name)
-        for name in names:
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-    except OSError:
-        return False
-    return True
 
 
 def _write_sealed(fd: int, context: object) -> dict[str, Any]:

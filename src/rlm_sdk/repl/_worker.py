@@ -1475,32 +1475,38 @@ def _make_workdir(spec: dict[str, Any]) -> str:
         return path
 
 
-def _remove_workdir(path: str) -> None:
-    """Remove a session's directory: at once when small, else in a short-lived child process
-    (the server must stay free to fork workers); that child is reaped like the workers."""
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
-        return
+def remove_small_directory(path: str) -> bool:
+    """Remove ``path`` if it holds only a few plain files; False when it needs ``rmtree``.
+
+    Shared with the parent, which removes the directory of a worker it started itself.
+    """
     try:
         with os.scandir(path) as entries:
             names: list[str] = []
             for entry in entries:
                 if len(names) >= _SMALL_WORKDIR or entry.is_dir(follow_symlinks=False):
-                    raise IsADirectoryError
+                    return False
                 names.append(entry.name)
         for name in names:
             os.unlink(os.path.join(path, name))
         os.rmdir(path)
     except FileNotFoundError:
-        return
+        return True
     except OSError:
-        if os.fork() == 0:
-            try:
-                import shutil
+        return False
+    return True
 
-                shutil.rmtree(path, ignore_errors=True)
-            finally:
-                os._exit(0)
+
+def _remove_workdir(path: str) -> None:
+    """Remove a session's directory: at once when small, else in a short-lived child process
+    (the server must stay free to fork workers); that child is reaped like the workers."""
+    if not remove_small_directory(path) and os.fork() == 0:
+        try:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os._exit(0)
 
 
 def _no_op(signum: int, frame: FrameType | None) -> None:
