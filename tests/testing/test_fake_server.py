@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -191,15 +192,18 @@ def test_latency_counts_from_arrival_even_when_the_server_is_busy() -> None:
         time.sleep(0.1)  # blocks the server's only thread: later requests wait unread
         return "ok"
 
-    with FakeChatServer(slow, latency=0.5) as fake:
-        started = time.monotonic()
+    with FakeChatServer(slow, latency=0.6) as fake:
+        gate = threading.Barrier(4)
 
         def one(_: int) -> float:
-            httpx.post(f"{fake.base_url}/chat/completions", json=CHAT, timeout=5)
-            return time.monotonic() - started
+            with httpx.Client() as client:
+                gate.wait()
+                started = time.monotonic()
+                client.post(f"{fake.base_url}/chat/completions", json=CHAT, timeout=5)
+                return time.monotonic() - started
 
         with ThreadPoolExecutor(4) as pool:
-            elapsed = sorted(pool.map(one, range(4)))
-    # Read late, the last request would be answered at about 0.3 + 0.5 s.
-    assert elapsed[0] >= 0.5
-    assert elapsed[-1] < 0.65, elapsed
+            took = sorted(pool.map(one, range(4)))
+    # Stamped when read, the last of the four would wait about 0.3 s more than the first.
+    assert took[0] >= 0.6
+    assert took[-1] - took[0] < 0.2, took

@@ -122,6 +122,8 @@ def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
     for level, kind, raw in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _STAMP.size:
             seconds, nanoseconds = _STAMP.unpack_from(raw)
+            if seconds <= 0:
+                break  # a packet that arrived unstamped
             stamp = float(seconds + nanoseconds / 1e9)
             return now - max(0.0, time.time() - stamp)
     return now
@@ -265,6 +267,10 @@ class FakeChatServer:
         try:
             listener = socket.create_server((_HOST, self._port), backlog=1024)
             listener.setblocking(False)
+            # On the listener too: the kernel stamps packets only while some socket asks for
+            # it, and a request can arrive before its connection is accepted.
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         except BaseException as err:
             started.set_exception(err)
             raise
