@@ -217,3 +217,108 @@ async def test_a_body_bigger_than_the_socket_buffer_goes_out_whole(
     async with httpx.AsyncClient(transport=make()) as client:
         assert await _post(client, server.base_url, text) == text
     assert server.requests[-1].json["messages"][0]["content"] == text
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the system's openssl."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.fixture
+def https_url(tls_files: tuple[str, str]) -> Iterator[tuple[str, set[int]]]:
+    """An HTTPS server on 127.0.0.1 answering JSON, and the client ports it has seen."""
+    import http.server
+    import json
+    import ssl
+    import threading
+
+    ports: set[int] = set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            ports.add(self.client_address[1])
+            length = int(self.headers["content-length"])
+            body = json.loads(self.rfile.read(length))
+            data = json.dumps({"echo": body["messages"][0]["content"]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_files)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", ports
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_https_with_a_trusted_certificate(
+    make: type[LeanTransport] | type[PoolTransport],
+    tls_files: tuple[str, str],
+    https_url: tuple[str, set[int]],
+) -> None:
+    """TLS to a server whose certificate ``verify`` names; the connection is kept alive."""
+    url, ports = https_url
+    import ssl
+
+    trusted = ssl.create_default_context(cafile=tls_files[0])
+    async with httpx.AsyncClient(transport=make(verify=trusted)) as client:
+        for i in range(3):
+            response = await client.post(
+                url + "/v1/chat/completions",
+                json=BODY | {"messages": [{"role": "user", "content": f"m{i}"}]},
+            )
+            assert response.json() == {"echo": f"m{i}"}
+    assert len(ports) == 1
+
+
+async def test_https_refuses_an_unknown_certificate(
+    make: type[LeanTransport] | type[PoolTransport], https_url: tuple[str, set[int]]
+) -> None:
+    url, _ = https_url
+    async with httpx.AsyncClient(transport=make()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.post(url + "/v1/chat/completions", json=BODY)
