@@ -322,3 +322,31 @@ async def test_https_refuses_an_unknown_certificate(
     async with httpx.AsyncClient(transport=make()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.post(url + "/v1/chat/completions", json=BODY)
+
+
+async def test_a_chunked_response_is_read_whole(
+    make: type[LeanTransport] | type[PoolTransport],
+) -> None:
+    """Transfer-Encoding: chunked, as some servers stream a JSON body: it arrives joined."""
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+                b'8\r\n{"a": "b\r\n'
+            )
+            await anyio.sleep(0.01)
+            await stream.send(b'2\r\n"}\r\n0\r\n\r\n')
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with httpx.AsyncClient(transport=make()) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+            assert response.json() == {"a": "b"}
+        tg.cancel_scope.cancel()
