@@ -139,6 +139,28 @@ async def test_max_in_flight_over_real_http() -> None:
             for _ in range(16):
                 tg.start_soon(provider.acomplete, chat())
     assert peak == 4
+    assert server.total_connections <= 4  # the bound on requests bounds connections too
+
+
+async def test_a_batch_with_fan_outs_shares_one_bound_on_connections() -> None:
+    """20 runs at once, each fanning 8 sub-calls out: never more than max_in_flight sockets."""
+    from rlm_sdk import RecursiveLM
+
+    fan_out = "```repl\nprint(sum(len(a) for a in llm_query_batched(['x'] * 8)))\n```"
+
+    def reply(body: dict[str, Any]) -> str:
+        messages = body["messages"]
+        if messages[0]["role"] != "system":
+            return "abc"
+        return "FINAL(done)" if len(messages) > 2 else fan_out
+
+    with FakeChatServer(reply=reply, latency=0.01) as server:
+        provider = OpenAICompatibleProvider(base_url=server.base_url, max_in_flight=6)
+        async with provider, RecursiveLM("m", provider=provider) as rlm:
+            results = await rlm.abatch([(f"context {i}", "q") for i in range(20)], concurrency=20)
+    assert [r.answer for r in results] == ["done"] * 20
+    assert len(server.requests) == 20 * (2 + 8)
+    assert server.total_connections <= 6
 
 
 def test_sync_use_closing_each_time(server: FakeChatServer) -> None:
