@@ -3,8 +3,10 @@
 A provider module says *what* goes over the wire (a request as JSON, a JSON body back as a
 reply). This module owns *how* it gets there, so that every provider behaves alike:
 
-* the client: one passed in is used and never closed; one made here is closed by
-  :meth:`HTTPProvider.aclose` (idempotent; ``async with provider:`` works too);
+* the connection: an ``httpx.AsyncClient`` passed in is used and never closed; without one,
+  requests go straight to the provider's own transport (:mod:`._pool`), which
+  :meth:`HTTPProvider.aclose` closes (idempotent; ``async with provider:`` works too);
+* the body: JSON encoded by :func:`._json.encode_json` once a slot is free;
 * a bound on requests in flight per instance, shared by every run using the instance;
 * retries (tenacity, private): connection errors, timeouts, 408, 409, 429 and 5xx. A server's
   ``retry-after-ms`` or ``Retry-After`` is honoured within (0, MAX_RETRY_AFTER] seconds; otherwise
