@@ -309,3 +309,14 @@ def test_bound_names_read_from_bytecode_cover_wide_and_nested_code() -> None:
     assert {f"v{i}" for i in range(300)} <= bound
     assert {"f", "K", "squares", "p", "sys"} <= bound
     assert not {"inner", "attr", "n", "x", "os"} & bound
+
+
+async def test_the_warm_up_cell_leaves_no_trace() -> None:
+    """The worker runs a throw-away cell before the first command: no name it bound survives,
+    and the first real cell is still cell 1."""
+    async with REPLSession() as repl:
+        result = await repl.run_cell("n")  # the warm-up cell binds n in a scratch namespace
+        assert result.error is not None and result.error.type == "NameError"
+        assert "<cell-1>" in result.error.traceback
+        assert "n" not in await repl.list_variables()
+        assert (await repl.run_cell("n = 2\nn")).stdout == "2\n"

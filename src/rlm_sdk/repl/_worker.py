@@ -839,7 +839,7 @@ class _Session:
         threading.Thread(target=self._read_loop, name="rlm-channel", daemon=True).start()
         import traceback  # noqa: F401  warm up now, while the parent waits for a model reply
 
-        self._warm_up()
+        self._run_warm_up_cell()
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "exec": self.run_cell,
             "get_var": self.get_var,
@@ -858,7 +858,7 @@ class _Session:
                 reply = self._fallback(message, "KeyboardInterrupt", "the cell was interrupted")
             self._reply(message, reply)
 
-    def _warm_up(self) -> None:
+    def _run_warm_up_cell(self) -> None:
         """Run a cell on a copy of the namespace, its result thrown away, before the first
         command: a forked worker's first cell otherwise pays for the interpreter pages it
         copies from the fork server and the caches it fills (about 0.8 ms, measured), and
