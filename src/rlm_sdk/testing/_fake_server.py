@@ -9,7 +9,7 @@ loop and benchmark scripts can all use it the same way.
 Its latency counts from when a request's first bytes reached the machine, as the kernel stamps
 them (``SO_TIMESTAMPNS``), not from when this one Python thread got round to reading them: a
 real model server answers many clients at once, and here 32 large requests arriving together
-would otherwise see their latency start up to 20 ms late.
+would otherwise see their latency start tens of milliseconds late.
 """
 
 from __future__ import annotations
