@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
+from typing import Any
 
 
 def process_state(pid: int) -> str | None:
@@ -37,6 +39,43 @@ def wait_reaped(pid: int, timeout: float = 3.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.005)
+    return True
+
+
+async def open_many_sessions(count: int, **session: Any) -> list[int]:
+    """Open ``count`` sessions at once, each running a cell on its own context; their pids.
+
+    Waits until every worker is gone and reaped (a forked one is reaped by the fork server,
+    after the session has closed).
+    """
+    import anyio
+
+    from rlm_sdk.repl import REPLSession
+
+    pids: list[int] = []
+
+    async def one(index: int) -> None:
+        async with REPLSession(f"context {index}", start_timeout=30, **session) as repl:
+            result = await repl.run_cell("context")
+            assert result.stdout == f"'context {index}'\n"
+            assert repl.pid is not None
+            pids.append(repl.pid)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(count):
+            tg.start_soon(one, index)
+    assert len(set(pids)) == count
+    assert all(wait_reaped(pid) for pid in pids)  # gone and reaped, no zombies
+    return pids
+
+
+def accepted(server: socket.socket) -> bool:
+    """Whether a connection is waiting on ``server`` (it is accepted and closed)."""
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
     return True
 
 

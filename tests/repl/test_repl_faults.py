@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from repl_helpers import open_fds, process_state, running, wait_not_running
+from repl_helpers import open_fds, open_many_sessions, process_state, running, wait_not_running
 
 from rlm_sdk import WorkerCrashedError, WorkerProtocolError, WorkerStartError
 from rlm_sdk.repl import REPLSession, _client
@@ -273,22 +273,9 @@ async def test_fifty_sessions_at_once_leak_no_descriptors_or_processes() -> None
     async with REPLSession() as warmup:
         await warmup.run_cell("1")
     before = open_fds()
-    pids: list[int] = []
-
-    async def one(index: int) -> None:
-        async with REPLSession(f"context {index}", start_timeout=30) as repl:
-            result = await repl.run_cell("context")
-            assert result.stdout == f"'context {index}'\n"
-            assert repl.pid is not None
-            pids.append(repl.pid)
-
-    async with anyio.create_task_group() as tg:
-        for index in range(50):
-            tg.start_soon(one, index)
+    await open_many_sessions(50)
     await anyio.sleep(0.1)
     assert open_fds() == before
-    assert len(set(pids)) == 50
-    assert all(process_state(pid) is None for pid in pids)  # gone and reaped, no zombies
 
 
 async def test_start_failure_is_a_worker_start_error_with_stderr(

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import anyio
 import pytest
-from repl_helpers import open_fds, process_state, running, wait_not_running, wait_reaped
+from repl_helpers import (
+    open_fds,
+    open_many_sessions,
+    process_state,
+    running,
+    wait_not_running,
+    wait_reaped,
+)
 from structlog.testing import capture_logs
 
 from rlm_sdk.repl import ForkServer, REPLSession, _process
@@ -243,22 +250,9 @@ async def test_twenty_sessions_at_once_leak_nothing(server: ForkServer) -> None:
     async with REPLSession(forkserver=server) as warmup:
         await warmup.run_cell("1")
     before = open_fds()
-    pids: list[int] = []
-
-    async def one(index: int) -> None:
-        async with REPLSession(f"context {index}", forkserver=server, start_timeout=30) as repl:
-            result = await repl.run_cell("context")
-            assert result.stdout == f"'context {index}'\n"
-            assert repl.pid is not None
-            pids.append(repl.pid)
-
-    async with anyio.create_task_group() as tg:
-        for index in range(20):
-            tg.start_soon(one, index)
+    await open_many_sessions(20, forkserver=server)
     await anyio.sleep(0.1)
     assert open_fds() == before
-    assert len(set(pids)) == 20
-    assert all(process_state(pid) is None for pid in pids)
 
 
 async def test_a_malformed_request_is_refused_and_the_server_lives_on(server: ForkServer) -> None:

@@ -11,11 +11,12 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from repl_helpers import accepted
 from structlog.testing import capture_logs
 
 from rlm_sdk import ConfigurationError, IsolationError, WorkerStartError
@@ -67,23 +68,6 @@ async def spawn(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]
     else:
         async with ForkServer() as server:
             yield {"forkserver": server}
-
-
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A TCP listener on 127.0.0.1 the worker must not reach."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.setblocking(False)
-        yield server
-
-
-def _accepted(server: socket.socket) -> bool:
-    try:
-        conn, _ = server.accept()
-    except BlockingIOError:
-        return False
-    conn.close()
-    return True
 
 
 async def _report(repl: REPLSession, code: str) -> Any:
@@ -159,7 +143,7 @@ async def test_tcp_to_a_loopback_listener_fails(
             "timeout=2).close())))",
         )
     assert report["ok"] is False
-    assert not _accepted(listener)
+    assert not accepted(listener)
 
 
 async def test_allow_network_reaches_the_listener(listener: socket.socket) -> None:
@@ -171,7 +155,7 @@ async def test_allow_network_reaches_the_listener(listener: socket.socket) -> No
         )
         assert result.error is None, result.error
         assert "landlock_net" not in repl.isolation_layers
-    assert _accepted(listener)
+    assert accepted(listener)
 
 
 @needs_landlock

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from repl_helpers import accepted
 
 pytestmark = [
     pytest.mark.integration,
@@ -215,23 +216,6 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_NAME, "hunter2-" + uuid.uuid4().hex)
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    """A TCP listener on 127.0.0.1 that the sandbox must not reach."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.setblocking(False)
-        yield server
-
-
-def _accepted(server: socket.socket) -> bool:
-    try:
-        conn, _ = server.accept()
-    except BlockingIOError:
-        return False
-    conn.close()
-    return True
-
-
 Run = Callable[..., dict[str, Any]]
 
 
@@ -380,7 +364,7 @@ def test_none_mode_applies_rlimits_only_and_every_attack_works(
     assert all(result["ok"] for result in report["results"].values()), report["results"]
     assert report["results"]["parent_environ"]["value"] is True
     assert report["results"]["proc_scan"]["value"] >= 1
-    assert _accepted(listener)
+    assert accepted(listener)
 
 
 def test_auto_reports_every_layer_the_host_supports_in_a_few_ms(run: Run) -> None:
@@ -481,14 +465,14 @@ def test_tcp_to_loopback_is_refused(
     if needed not in report["layers"]:
         pytest.skip(f"this host lacks {needed}")
     assert _denied(report, "tcp") == errno_  # EACCES, or ENETUNREACH with only `lo`, down
-    assert not _accepted(listener)
+    assert not accepted(listener)
 
 
 def test_allow_network_keeps_loopback_reachable(run: Run, listener: socket.socket) -> None:
     """allow_network leaves the network alone while every other layer still applies."""
     report = run(["tcp", "write_outside"], port=listener.getsockname()[1], allow_network=True)
     assert report["results"]["tcp"]["ok"]
-    assert _accepted(listener)
+    assert accepted(listener)
     if ABI:
         _denied(report, "write_outside")
 
@@ -577,4 +561,4 @@ def test_an_unprivileged_worker_gets_its_netns_through_a_user_namespace(
         assert "netns" in report.get("layers", ()), report
         assert report["results"]["write_inside"]["value"] == ["kept", nobody]
         _denied(report, "tcp")
-        assert not _accepted(listener)
+        assert not accepted(listener)
