@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from rlm_sdk.repl import ContextData, ForkServer, REPLSession, SubCallRequest
+from rlm_sdk.repl import ContextData, ForkServer, REPLOptions, REPLSession, SubCallRequest
 
 MB = 1_000_000
 CONCURRENT = 20
@@ -112,7 +112,9 @@ async def _open_at_once(session: dict[str, Any]) -> tuple[float, float]:
             worst = max(worst, time.perf_counter() - before - 0.001)
 
     async def one(index: int, started: float) -> None:
-        async with REPLSession(f"context {index}", start_timeout=60, **session) as repl:
+        async with REPLSession(
+            f"context {index}", options=REPLOptions(start_timeout=60), **session
+        ) as repl:
             await repl.wait_ready()
             ready.append(time.perf_counter() - started)
             if len(ready) == CONCURRENT:

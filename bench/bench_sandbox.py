@@ -1,7 +1,8 @@
 """What the worker sandbox costs at start-up: ``python -I`` + ``apply_sandbox``, per policy.
 
-Each run starts a fresh ``python -I`` that loads ``repl/_sandbox.py`` by file path (as the
-worker does), applies the policy and exits; the wall time is measured from here, spawn to
+Each run starts a fresh ``python -I`` that imports ``repl/_sandbox.py`` as a sibling module
+(its directory on ``sys.path`` for the import only, as the worker does), applies the policy and
+exits; the wall time is measured from here, spawn to
 exit, and the child reports the time ``apply_sandbox`` itself took. Medians of ``--repeat``
 runs (30 by default). The worker's whole handshake must stay within 60 ms.
 
@@ -23,14 +24,14 @@ from _common import median
 SANDBOX_PY = Path(__file__).resolve().parents[1] / "src" / "rlm_sdk" / "repl" / "_sandbox.py"
 
 CHILD = r"""
-import importlib.util, json, sys, time
+import json, os, sys, time
 if sys.argv[1] == "bare":
     print(json.dumps({"apply_ms": 0.0, "layers": []}))
     raise SystemExit
 started = time.perf_counter()
-spec = importlib.util.spec_from_file_location("_sandbox", sys.argv[2])
-sandbox = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sandbox)
+sys.path.insert(0, os.path.dirname(sys.argv[2]))
+import _sandbox as sandbox
+del sys.path[0]
 loaded = time.perf_counter()
 layers = sandbox.apply_sandbox(json.loads(sys.argv[1]))
 done = time.perf_counter()

@@ -39,7 +39,9 @@ DEFAULT_WORKER_START_TIMEOUT = 10.0
 WORKER_INTERRUPT_GRACE = 1.0
 """Seconds a cell gets to stop after the SIGINT sent at its deadline, before the worker is killed."""
 WORKER_EXIT_GRACE = 1.0
-"""Seconds to wait for a killed worker's pipes to close and for it to be reaped."""
+"""Seconds a worker that exited gets for a process that escaped its group to let go of its pipes."""
+WORKER_REAP_TIMEOUT = 5.0
+"""Seconds to wait for a SIGKILLed worker to be reaped before the session stops waiting for it."""
 MIN_WORKER_MEMORY = 2 * 1024**3
 """Floor of a worker's default address-space limit (RLIMIT_AS), in bytes."""
 DEFAULT_WORKER_FILE_SIZE_LIMIT = 1024**3

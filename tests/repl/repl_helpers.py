@@ -50,12 +50,14 @@ async def open_many_sessions(count: int, **session: Any) -> list[int]:
     """
     import anyio
 
-    from rlm_sdk.repl import REPLSession
+    from rlm_sdk.repl import REPLOptions, REPLSession
 
     pids: list[int] = []
 
     async def one(index: int) -> None:
-        async with REPLSession(f"context {index}", start_timeout=30, **session) as repl:
+        async with REPLSession(
+            f"context {index}", options=REPLOptions(start_timeout=30), **session
+        ) as repl:
             result = await repl.run_cell("context")
             assert result.stdout == f"'context {index}'\n"
             assert repl.pid is not None
@@ -81,3 +83,30 @@ def accepted(server: socket.socket) -> bool:
 
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def forge_on_channel(data: bytes) -> str:
+    """Cell code that writes ``data`` onto the worker's protocol pipe, then waits.
+
+    The pipe is found with fstat (``/proc`` is out of the sandbox's reach): a write-only pipe
+    that is not the cell's own stdout or stderr.
+    """
+    return (
+        "import fcntl, os, stat, time\n"
+        "capture = {os.fstat(1).st_ino, os.fstat(2).st_ino}\n"
+        "for fd in range(3, 256):\n"
+        "    try:\n"
+        "        info = os.fstat(fd)\n"
+        "        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if stat.S_ISFIFO(info.st_mode) and mode == os.O_WRONLY and info.st_ino not in capture:\n"
+        f"        os.write(fd, {data!r})\n"
+        "time.sleep(5)"
+    )
+
+
+def thread_children(pid: int) -> list[int]:
+    """The children of ``pid``'s main thread (the processes it started and has not reaped)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]

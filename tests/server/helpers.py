@@ -82,8 +82,9 @@ def sleeping_policy(request: CompletionRequest) -> str:
 def repl_workers() -> set[int]:
     """Pids of REPL workers below this process (Linux ``/proc``; empty elsewhere).
 
-    A worker is a process running ``_worker.py``, started directly or forked by the fork
-    server; the fork server itself (a direct child with ``--forkserver``) is not one.
+    A worker is a process running ``_worker.py``, started directly, or forked by the fork
+    server (it then shows the server's ``_forkserver.py`` command line); the fork server itself
+    (a direct child running ``_forkserver.py``) is not one.
     """
     parents: dict[int, int] = {}
     cmdlines: dict[int, bytes] = {}
@@ -99,9 +100,9 @@ def repl_workers() -> set[int]:
     me = os.getpid()
     pids: set[int] = set()
     for pid, cmdline in cmdlines.items():
-        if b"_worker.py" not in cmdline:
+        if b"_worker.py" not in cmdline and b"_forkserver.py" not in cmdline:
             continue
-        if parents.get(pid) == me and b"--forkserver" in cmdline:
+        if parents.get(pid) == me and b"_forkserver.py" in cmdline:
             continue  # the fork server
         p = pid
         while p in parents and p > 1:

@@ -5,8 +5,9 @@ Why: a worker can start in two ways, and the client should not care which.
 - Directly (:func:`spawn_direct`): one ``python -I _worker.py`` per worker. Simple, but every
   start costs ~25 ms of CPU, so a hundred runs starting at once saturate the cores and starve
   the event loop; and the fork happens in this (possibly big) process.
-- Forked by a :class:`ForkServer`: one warm ``python -I _worker.py --forkserver`` process,
-  started once, that forks each worker in about a millisecond (see ``_worker.serve_forks``).
+- Forked by a :class:`ForkServer`: one warm ``python -I _forkserver.py`` process, started
+  once, that forks each worker in about a millisecond (the program is ``_forkserver.py``; this
+  module holds the parent's end of it, as ``multiprocessing``'s ``popen_forkserver`` does).
 
 Either way the worker gets the same things: a pipe each way for its channel (fd 0/1), a pipe
 for its own stderr (fd 2), the context memfd, a scrubbed environment, its private directory,
@@ -20,7 +21,6 @@ worker down.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -41,9 +41,10 @@ from rlm_sdk._constants import (
     WORKER_ENV_ALLOWLIST,
 )
 
-from . import _worker
+from . import _wire
 
 __all__ = [
+    "FORKSERVER_PATH",
     "WORKER_PATH",
     "ForkServer",
     "ForkServerUnavailable",
@@ -53,12 +54,17 @@ __all__ = [
     "spawn_direct",
 ]
 
-WORKER_PATH = os.path.abspath(_worker.__file__)
-_CHUNK = 64 * 1024
-_PIPE_SIZE = 1024 * 1024
+_HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER_PATH = os.path.join(_HERE, "_worker.py")
+"""The worker program, run as a script (never imported here: it is not the parent's code)."""
+FORKSERVER_PATH = os.path.join(_HERE, "_forkserver.py")
+"""The fork server program, run as a script."""
+_STDERR_READ = 64 * 1024
 _MAX_STDERR_READS = 16
 _REPLY_SIZE = 4096
 _SEND_RETRY = 0.001
+_ABANDON = json.dumps({"abandon": True}).encode()
+"""Said on a status socket when the session gives up on a request (cancelled, or no reply)."""
 
 
 class ForkServerUnavailable(Exception):
@@ -75,24 +81,21 @@ def scrubbed_environ() -> dict[str, str]:
 
 
 class WorkerChannel:
-    """The parent's ends of a worker's channel: whole frames out, exact byte counts in.
+    """The parent's ends of a worker's channel: whole frames out, whole frames in.
 
     Two pipes (one each way) rather than a socket pair: a pipe round trip costs the kernel
     less, and a bridge call is one round trip. Driven with :func:`anyio.wait_readable` and
-    ``wait_writable``. Small frames are read ahead into a reused buffer (a burst costs one
-    ``read`` per 64 KiB); a big frame is read straight into one buffer of its size rather than
-    joined from chunks.
+    ``wait_writable``; frames are cut by the same :class:`~rlm_sdk.repl._wire.FrameReader` the
+    worker uses.
     """
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         for fd in (read_fd, write_fd):
             os.set_blocking(fd, False)
-            with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups for big frames
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            _wire.enlarge_pipe(fd)
         self._read_fd = read_fd
         self._write_fd = write_fd
-        self._pending = bytearray()
-        self._chunk = bytearray(_CHUNK)
+        self._reader = _wire.FrameReader()
         self._drained = True
         """The last read emptied the pipe: wait for it to be readable before the next one."""
         self._closed = False
@@ -108,26 +111,24 @@ class WorkerChannel:
                 continue
             view = view[written:]
 
-    async def receive_exactly(self, size: int) -> bytes | bytearray:
-        """The next ``size`` bytes. Raises EOFError if the channel ends first."""
-        pending = self._pending
-        if size <= _CHUNK:
-            while len(pending) < size:
-                await self._read_into(self._chunk, pending)
-            data = bytes(pending[:size])
-            del pending[:size]
-            return data
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        done = len(pending)
-        view[:done] = pending
-        pending.clear()
-        while done < size:
-            done += await self._read_into(view[done:], None)
-        return buffer
+    async def receive_frame(self) -> tuple[bool, bytes | bytearray]:
+        """The next frame: whether it is segmented, and its payload.
 
-    async def _read_into(self, target: bytearray | memoryview, pending: bytearray | None) -> int:
-        """Read once into ``target`` (appended to ``pending`` if given); waits when drained."""
+        Raises:
+            EOFError: the channel ended (possibly in the middle of a frame).
+            FrameTooLargeError: the worker announced a frame over ``MAX_FRAME_SIZE``.
+        """
+        steps = self._reader.read_frame()
+        try:
+            target = next(steps)
+            while True:
+                target = steps.send(await self._read_into(target))
+        except StopIteration as done:
+            frame: tuple[bool, bytes | bytearray] = done.value
+            return frame
+
+    async def _read_into(self, target: memoryview) -> int:
+        """Read once into ``target``; waits for the pipe only when the last read drained it."""
         while True:
             if self._drained:
                 await anyio.wait_readable(self._read_fd)
@@ -139,8 +140,6 @@ class WorkerChannel:
             if not got:
                 raise EOFError
             self._drained = got < len(target)
-            if pending is not None:
-                pending += memoryview(target)[:got]
             return got
 
     def close(self) -> None:
@@ -189,6 +188,8 @@ class WorkerProcess:
         self.lost: str | None = None
         self.workdir: str | None = None
         """The private directory the fork server made for the worker, if it made one."""
+        self.detached = False
+        """Left to the fork server to kill and reap (:meth:`close_via_server`)."""
         self._waiting: anyio.Event | None = None
         self._killed = False
         self._closed = False
@@ -215,14 +216,7 @@ class WorkerProcess:
         """
         if self.returncode is None and not self._killed:
             self._killed = True
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                # No such group (yet): only a worker that has not made it can be in it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(self.pid, signal.SIGKILL)
-            except PermissionError:
-                pass
+            _wire.kill_group(self.pid)
 
     def interrupt(self) -> None:
         """SIGINT the worker: a KeyboardInterrupt in the running cell."""
@@ -238,7 +232,7 @@ class WorkerProcess:
         chunks = []
         with contextlib.suppress(OSError):  # BlockingIOError: nothing more for now
             for _ in range(_MAX_STDERR_READS):
-                chunk = os.read(self.stderr, _CHUNK)
+                chunk = os.read(self.stderr, _STDERR_READ)
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -287,8 +281,7 @@ class _DirectProcess(WorkerProcess):
 
     async def _wait_for_exit(self) -> None:
         await anyio.wait_readable(self._pidfd)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # at once: the zombie still holds the group id
+        _wire.kill_group(self.pid)  # at once: the zombie still holds the group id
         self.returncode = self._popen.wait()
 
     def _close_extra(self) -> None:
@@ -319,7 +312,7 @@ class _ForkedProcess(WorkerProcess):
             self._status.send(json.dumps({"kill": True, "remove": workdir}).encode())
         except OSError:  # the server is gone, or this socket is closed
             return False
-        self._killed = True
+        self._killed = self.detached = True
         return True
 
     async def _wait_for_exit(self) -> None:
@@ -367,7 +360,7 @@ def spawn_direct(
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError:
-        os.killpg(popen.pid, signal.SIGKILL)
+        _wire.kill_group(popen.pid)
         popen.wait()
         channel.close()
         os.close(err_read)
@@ -478,7 +471,7 @@ class ForkServer:
         fd = child_end.fileno()
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-I", WORKER_PATH, "--forkserver", str(fd), str(os.getpid())],
+                [sys.executable, "-I", FORKSERVER_PATH, str(fd), str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -507,6 +500,7 @@ class ForkServer:
         status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel, worker_in, worker_out = _channel_pipes()
         err_read, err_write = os.pipe()
+        sent = False
         try:
             # The worker's directory: this one (a restarted worker keeps its session's), or a
             # new one the server makes under our temporary directory, off our event loop.
@@ -519,6 +513,7 @@ class ForkServer:
             fds += [] if memfd is None else [memfd]
             try:
                 await _send_request(control, json.dumps(spec).encode(), fds)
+                sent = True
             finally:
                 status_child.close()
                 for fd in (worker_in, worker_out, err_write):
@@ -535,7 +530,7 @@ class ForkServer:
                     and isinstance(made, str)
                 ):
                     os.set_blocking(err_read, False)
-                    context_fd = None if memfd is None else _worker.CONTEXT_FD
+                    context_fd = None if memfd is None else _wire.CONTEXT_FD
                     process = _ForkedProcess(
                         pid,
                         status,
@@ -551,6 +546,9 @@ class ForkServer:
                 raise ForkServerUnavailable(f"the fork server answered {reply!r}")
             raise ForkServerUnavailable(f"the fork server did not answer within {reply_within:g} s")
         except BaseException:
+            if sent:  # it may fork the worker anyway: it is to kill it and remove its directory
+                with contextlib.suppress(OSError):
+                    status.send(_ABANDON)
             status.close()
             channel.close()
             os.close(err_read)

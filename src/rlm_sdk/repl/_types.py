@@ -1,25 +1,89 @@
-"""Models of the REPL's parent side: what callers get back, and the frames the worker may send.
+"""Models of the REPL's parent side: its options, what callers get back, the worker's frames.
 
-The public models (:class:`CellResult`, :class:`SubCallRequest`) are the contract the
-orchestrator is written against. The frame models validate everything that arrives from the
+The public models (:class:`REPLOptions`, :class:`CellResult`, :class:`SubCallRequest`) are the
+contract the orchestrator is written against: it passes one frozen :class:`REPLOptions` through
+to every session unchanged, so a new option is one field here, not a keyword threaded through
+three signatures. The frame models validate everything that arrives from the
 worker, which runs model-written code and is not trusted: a frame that does not match is a
 :class:`~rlm_sdk.WorkerProtocolError`, never a half-understood message.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from rlm_sdk._constants import (
+    DEFAULT_CELL_TIMEOUT,
+    DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_WORKER_START_TIMEOUT,
+    MAX_OUTPUT_LIMIT,
+)
 
 __all__ = [
     "CellError",
     "CellResult",
     "ContextData",
+    "IsolationMode",
+    "REPLOptions",
     "SubCallHandler",
     "SubCallRequest",
 ]
+
+IsolationMode: TypeAlias = Literal["auto", "strict", "none"]
+"""How far the worker sandboxes itself (see :class:`REPLOptions`).
+
+The one list of modes on the parent side; the worker, which cannot import ``typing`` cheaply,
+checks them against ``_sandbox.MODES``, and a test keeps the two equal.
+"""
+
+
+class REPLOptions(BaseModel):
+    """What a REPL worker may do, and its bounds (frozen; ``model_copy(update=...)`` to change).
+
+    One object the orchestrator passes to every session unchanged. Invalid values raise
+    pydantic's ``ValidationError`` (a ``ValueError``) naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    isolation: IsolationMode = "auto"
+    """The sandbox the worker puts itself in before running any code (``repl/_sandbox.py``).
+    ``"auto"`` applies every layer the host supports (``REPLSession.isolation_layers`` says
+    which); ``"strict"`` refuses to run unless every layer the policy needs applies, raising
+    :class:`~rlm_sdk.IsolationError` (no restart); ``"none"`` keeps only the resource limits,
+    and logs a warning."""
+    allow_network: bool = False
+    """Let the model's code open sockets and reach the network (by default it has no network
+    at all, loopback included)."""
+    allow_subprocess: bool = False
+    """Let the model's code start processes; they stay in the worker's process group and die
+    with it."""
+    readable_paths: tuple[str, ...] = ()
+    """Absolute paths the model's code may read besides the Python installation and its
+    private directory."""
+    memory_limit: int | None = Field(default=None, gt=0)
+    """The worker's address-space limit in bytes; by default
+    ``max(MIN_WORKER_MEMORY, 4 x context + 1 GiB)`` (8 x for lists, 16 x for JSON values)."""
+    cell_timeout: float = Field(default=DEFAULT_CELL_TIMEOUT, gt=0)
+    """Seconds a cell may run, including time spent waiting for sub-calls. At the deadline the
+    cell gets a KeyboardInterrupt (variables kept); if it does not stop within
+    ``WORKER_INTERRUPT_GRACE`` the worker is killed and restarted (variables lost)."""
+    output_limit: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
+    """Characters of stdout and of stderr kept per cell (head and tail)."""
+    start_timeout: float = Field(default=DEFAULT_WORKER_START_TIMEOUT, gt=0)
+    """Seconds the worker has to start and load the context."""
+
+    @field_validator("readable_paths")
+    @classmethod
+    def _absolute(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(os.path.isabs(path) for path in paths):
+            raise ValueError("readable_paths must be absolute paths")
+        return paths
+
 
 ContextData: TypeAlias = str | bytes | list[Any] | dict[str, Any]
 """A context: text, bytes, a list (``list[str]`` travels without JSON escaping) or a JSON object."""
@@ -72,7 +136,7 @@ class CellResult(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Frames from the worker (see the wire format in ``_worker.py``)
+# Frames from the worker (see the wire format in ``_wire.py``)
 # --------------------------------------------------------------------------------------------
 
 

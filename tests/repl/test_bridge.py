@@ -9,7 +9,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from rlm_sdk.repl import REPLSession, SubCallRequest
+from rlm_sdk.repl import REPLOptions, REPLSession, SubCallRequest
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ async def test_time_waiting_for_sub_calls_counts_toward_the_deadline() -> None:
             cancelled.set()
         return ["late"]
 
-    async with REPLSession(handler=slow, cell_timeout=0.5) as repl:
+    async with REPLSession(options=REPLOptions(cell_timeout=0.5), handler=slow) as repl:
         await repl.run_cell("kept = 1")
         started = time.perf_counter()
         result = await repl.run_cell("llm_query('slow')")

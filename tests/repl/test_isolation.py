@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from repl_helpers import accepted
 from structlog.testing import capture_logs
 
 from rlm_sdk import ConfigurationError, IsolationError, WorkerStartError
-from rlm_sdk.repl import ForkServer, REPLSession, _sandbox
+from rlm_sdk.repl import ForkServer, REPLOptions, REPLSession, _sandbox
 
 pytestmark = [
     pytest.mark.integration,
@@ -149,7 +150,7 @@ async def test_tcp_to_a_loopback_listener_fails(
 async def test_allow_network_reaches_the_listener(listener: socket.socket) -> None:
     """allow_network=True keeps the network: the same connection goes through."""
     port = listener.getsockname()[1]
-    async with REPLSession(allow_network=True) as repl:
+    async with REPLSession(options=REPLOptions(allow_network=True)) as repl:
         result = await repl.run_cell(
             f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()"
         )
@@ -168,7 +169,7 @@ async def test_files_outside_the_workdir_are_off_limits(
     (outside / "notes.txt").write_text("readable")
     granted = tmp_path / "granted.txt"
     granted.write_text("granted")
-    async with REPLSession(readable_paths=[str(granted)], **spawn) as repl:
+    async with REPLSession(options=REPLOptions(readable_paths=(str(granted),)), **spawn) as repl:
         report = await _report(
             repl,
             ATTEMPT + "def write(path):\n"
@@ -253,7 +254,7 @@ async def test_strict_refuses_a_missing_layer_without_restarting(
     spawn: dict[str, Any], missing: str
 ) -> None:
     """Strict mode on a host lacking a layer raises IsolationError; no restart, no code run."""
-    async with MissingLayer(missing, isolation="strict", **spawn) as repl:
+    async with MissingLayer(missing, options=REPLOptions(isolation="strict"), **spawn) as repl:
         pid = repl.pid
         with pytest.raises(IsolationError, match=missing) as caught:
             await repl.wait_ready()
@@ -275,7 +276,7 @@ async def test_auto_degrades_and_reports_the_missing_layer() -> None:
 async def test_none_mode_warns_loudly_and_keeps_only_rlimits() -> None:
     """isolation="none" logs rlm.isolation_disabled at WARNING and applies rlimits only."""
     with capture_logs() as logs:
-        async with REPLSession(isolation="none") as repl:
+        async with REPLSession(options=REPLOptions(isolation="none")) as repl:
             await repl.wait_ready()
             assert repl.isolation_layers == ["rlimits"]
     warnings = [entry for entry in logs if entry["event"] == "rlm.isolation_disabled"]
@@ -285,11 +286,11 @@ async def test_none_mode_warns_loudly_and_keeps_only_rlimits() -> None:
 
 def test_isolation_arguments_are_validated() -> None:
     """An unknown mode or a relative readable path fails at construction."""
-    with pytest.raises(ConfigurationError, match="isolation"):
-        REPLSession(isolation="lenient")  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="readable_paths"):
-        REPLSession(readable_paths=["relative/path"])
-    with pytest.raises(ConfigurationError, match="readable_paths"):
-        REPLSession(readable_paths="/etc")
+    with pytest.raises(ValidationError, match="isolation"):
+        REPLOptions(isolation="lenient")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="readable_paths"):
+        REPLOptions(readable_paths=("relative/path",))
+    with pytest.raises(ValidationError, match="readable_paths"):
+        REPLOptions(readable_paths="/etc")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="forkserver"):
         REPLSession(forkserver=object())  # type: ignore[arg-type]

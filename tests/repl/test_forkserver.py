@@ -25,7 +25,7 @@ from repl_helpers import (
 )
 from structlog.testing import capture_logs
 
-from rlm_sdk.repl import ForkServer, REPLSession, _process
+from rlm_sdk.repl import ForkServer, REPLOptions, REPLSession, _forkserver, _process, _wire
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ async def test_exit_codes_and_signals_are_reported(server: ForkServer) -> None:
 
 async def test_timeouts_interrupt_then_kill_and_restart(server: ForkServer) -> None:
     """A forked worker gets SIGINT at the deadline, and is replaced if it ignores it."""
-    async with REPLSession(forkserver=server, cell_timeout=0.3) as repl:
+    async with REPLSession(options=REPLOptions(cell_timeout=0.3), forkserver=server) as repl:
         await repl.run_cell("kept = 1")
         looping = await repl.run_cell("while True:\n    pass")
         assert looping.error is not None
@@ -123,7 +123,7 @@ async def test_timeouts_interrupt_then_kill_and_restart(server: ForkServer) -> N
 
 async def test_close_kills_the_group_and_the_server_reaps_the_worker(server: ForkServer) -> None:
     """After aclose the worker is killed; the fork server reaps it, and its grandchild dies."""
-    async with REPLSession(forkserver=server, allow_subprocess=True) as repl:
+    async with REPLSession(options=REPLOptions(allow_subprocess=True), forkserver=server) as repl:
         result = await repl.run_cell(
             "import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)"
         )
@@ -220,7 +220,7 @@ async def test_a_server_that_cannot_start_falls_back_to_direct_spawns(
     """A server that dies at once is given up after a few tries; workers start directly."""
     broken = tmp_path / "broken_server.py"
     broken.write_text("raise SystemExit(3)\n")
-    monkeypatch.setattr(_process, "WORKER_PATH", str(broken))
+    monkeypatch.setattr(_process, "FORKSERVER_PATH", str(broken))
     async with ForkServer() as forkserver:
         for _ in range(4):
             with anyio.fail_after(10):
@@ -405,17 +405,15 @@ async def test_the_server_removes_no_other_directory(tmp_path: Path) -> None:
     """The server acts on a removal request only for a session directory (by its prefix)."""
     import select
 
-    from rlm_sdk.repl import _worker
-
     poller = select.poll()
-    children = _worker._Children(poller)
-    child = _worker._Child(pid=0, status=None)  # type: ignore[arg-type]
+    children = _forkserver._Children(poller)
+    child = _forkserver._Child(pid=0, status=None)  # type: ignore[arg-type]
     child.alive = False
     other = tmp_path / "precious"
     other.mkdir()
-    session = tmp_path / (_worker.WORKDIR_PREFIX + "x")
+    session = tmp_path / (_wire.WORKDIR_PREFIX + "x")
     session.mkdir()
-    for path in (other, "relative/" + _worker.WORKDIR_PREFIX + "y", session):
+    for path in (other, "relative/" + _wire.WORKDIR_PREFIX + "y", session):
         children._on_message(child, json.dumps({"remove": str(path)}).encode())
     children._on_message(child, b"not json")
     assert other.exists()
@@ -455,3 +453,17 @@ def _readable_memory(pid: int) -> bytes:
             except OSError:
                 continue
     return b"".join(chunks)
+
+
+async def test_an_abandoned_request_has_its_directory_removed(tmp_path: Path) -> None:
+    """A session that gave up on its request says so; the server removes the directory it
+    made for that worker even when the worker already exited on its own."""
+    import select
+
+    children = _forkserver._Children(select.poll())
+    made = tmp_path / (_wire.WORKDIR_PREFIX + "made")
+    made.mkdir()
+    child = _forkserver._Child(pid=0, status=None, made=str(made))  # type: ignore[arg-type]
+    child.alive = False
+    children._on_message(child, b'{"abandon": true}')
+    assert not made.exists()

@@ -1,15 +1,20 @@
-"""Cells in a real worker: namespace, output, errors, reserved names, final answers, variables."""
+"""The worker runtime (``repl/_worker.py``): cells in a real worker, and its parts in-process.
+
+Namespace, output capture, errors, reserved names, final answers and variables are checked
+through a session; the channel reader and the bytecode scan of bound names are checked in this
+process, as the worker would use them.
+"""
 
 from __future__ import annotations
 
-import os
+import socket
 import sys
+import threading
 import time
 
 import pytest
 
-from rlm_sdk import ConfigurationError
-from rlm_sdk.repl import REPLSession
+from rlm_sdk.repl import REPLOptions, REPLSession, _wire, _worker
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +32,13 @@ async def test_namespace_persists_and_last_expression_is_echoed() -> None:
         assert (await repl.run_cell("__name__")).stdout == "'__main__'\n"
 
 
-async def test_aenter_returns_before_the_worker_is_ready() -> None:
-    """__aenter__ only spawns; the context load finishes later and run_cell waits for it."""
-    context = "z" * 100_000_000
-    started = time.perf_counter()
-    async with REPLSession(context) as repl:
-        entered = time.perf_counter() - started
-        await repl.wait_ready()
-        ready = time.perf_counter() - started
-        assert entered < ready / 2
-        assert (await repl.run_cell("len(context)")).stdout == "100000000\n"
-
-
 async def test_stdout_stderr_and_fd_writes_are_captured() -> None:
     """print, sys.stderr, os.write(1/2) and a child process's output all land in the result.
 
     Python-level prints and fd-level writes reach the capture by two paths, so only whole
     writes are compared here, not their order.
     """
-    async with REPLSession(allow_subprocess=True) as repl:
+    async with REPLSession(options=REPLOptions(allow_subprocess=True)) as repl:
         result = await repl.run_cell(
             "import os, subprocess, sys\n"
             "print('out')\n"
@@ -62,7 +55,7 @@ async def test_stdout_stderr_and_fd_writes_are_captured() -> None:
 
 async def test_output_is_bounded_head_and_tail() -> None:
     """Output beyond output_limit keeps the head and the tail with a marker saying what was cut."""
-    async with REPLSession(output_limit=100) as repl:
+    async with REPLSession(options=REPLOptions(output_limit=100)) as repl:
         result = await repl.run_cell("print('a' * 500 + 'b' * 500, end='')")
         assert result.stdout == "a" * 50 + "\n... [900 characters cut] ...\n" + "b" * 50
         assert result.output_truncated == 900
@@ -70,7 +63,7 @@ async def test_output_is_bounded_head_and_tail() -> None:
 
 async def test_printing_a_gigabyte_stays_bounded_and_fast() -> None:
     """Printing 1 GB in 1 MB chunks is cut to the limit, quickly, without the worker growing."""
-    async with REPLSession(output_limit=1000) as repl:
+    async with REPLSession(options=REPLOptions(output_limit=1000)) as repl:
         started = time.perf_counter()
         result = await repl.run_cell(
             "chunk = 'x' * 1_000_000\nfor _ in range(1000):\n    print(chunk)"
@@ -87,7 +80,7 @@ async def test_printing_a_gigabyte_stays_bounded_and_fast() -> None:
 
 async def test_os_write_of_200_mb_to_fd_1_is_bounded() -> None:
     """200 MB written straight to fd 1 goes through the drained pipe and is cut to the limit."""
-    async with REPLSession(output_limit=1000) as repl:
+    async with REPLSession(options=REPLOptions(output_limit=1000)) as repl:
         result = await repl.run_cell(
             "import os\n"
             "data = memoryview(b'y' * 200_000_000)\n"
@@ -209,7 +202,7 @@ async def test_show_vars_get_variable_and_list_variables() -> None:
 
 async def test_get_variable_with_a_looping_str_is_interrupted() -> None:
     """A __str__ that never returns is interrupted at the deadline; the session goes on."""
-    async with REPLSession(cell_timeout=0.5) as repl:
+    async with REPLSession(options=REPLOptions(cell_timeout=0.5)) as repl:
         await repl.run_cell(
             "class Slow:\n    def __str__(self):\n        while True: pass\ns = Slow()"
         )
@@ -243,48 +236,6 @@ async def test_context_kinds_arrive_intact(context: object, check: str, expected
         assert result.stdout == expected + "\n"
 
 
-async def test_restart_reloads_the_context_and_drops_variables() -> None:
-    """restart() gives a fresh worker with the same context; earlier variables are gone."""
-    async with REPLSession(["one", "two"]) as repl:
-        await repl.run_cell("x = 1\ncontext.append('three')")
-        pid = repl.pid
-        await repl.restart()
-        assert repl.restarts == 1
-        assert repl.pid != pid
-        result = await repl.run_cell("print(context)\n'x' in dir()")
-        assert result.stdout == "['one', 'two']\nFalse\n"
-
-
-async def test_close_is_idempotent_and_removes_the_directory() -> None:
-    """aclose kills the worker, removes its private directory, and can be called twice."""
-    async with REPLSession() as repl:
-        home = (await repl.run_cell("import os; print(os.getcwd(), os.environ['HOME'])")).stdout
-        cwd, env_home = home.split()
-        assert cwd == env_home
-        assert os.path.isdir(cwd)
-        pid = repl.pid
-        await repl.aclose()
-        await repl.aclose()
-        assert not os.path.exists(cwd)
-        assert pid is not None and repl.pid is None
-        with pytest.raises(RuntimeError, match="not open"):
-            await repl.run_cell("1")
-
-
-def test_bad_arguments_are_configuration_errors() -> None:
-    """Wrong context types, tool names and limits fail at construction, naming the argument."""
-    with pytest.raises(ConfigurationError, match="context"):
-        REPLSession(42)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="reserved"):
-        REPLSession(tools={"context": len})
-    with pytest.raises(ConfigurationError, match="identifier"):
-        REPLSession(tools={"not a name": len})
-    with pytest.raises(ConfigurationError, match="cell_timeout"):
-        REPLSession(cell_timeout=0)
-    with pytest.raises(ConfigurationError, match="output_limit"):
-        REPLSession(output_limit=-1)
-
-
 def _peak_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -296,8 +247,6 @@ def _peak_rss(pid: int) -> int:
 def test_bound_names_read_from_bytecode_cover_wide_and_nested_code() -> None:
     """Past 256 names (EXTENDED_ARG) every store counts; function and class bodies do not,
     nor comprehension variables; ``del`` and bare annotations bind nothing."""
-    from rlm_sdk.repl import _worker
-
     many = "\n".join(f"v{i} = {i}" for i in range(300))
     code = compile(
         many + "\ndef f():\n    inner = 1\nclass K:\n    attr = 2\n"
@@ -320,3 +269,20 @@ async def test_the_warm_up_cell_leaves_no_trace() -> None:
         assert "<cell-1>" in result.error.traceback
         assert "n" not in await repl.list_variables()
         assert (await repl.run_cell("n = 2\nn")).stdout == "2\n"
+
+
+def test_the_worker_reads_segmented_frames() -> None:
+    """The worker's channel reassembles a big segmented reply read from its socket."""
+    parent, child = socket.socketpair()
+    with parent, child:
+        message = {
+            "type": "call_result",
+            "id": 3,
+            "results": ["r" * 3_000_000, "é" * _wire.SEGMENT_MIN_CHARS],
+        }
+        frame = _wire.encode_frame(message)
+        sender = threading.Thread(target=parent.sendall, args=(frame,))
+        sender.start()
+        channel = _worker._Channel(child.fileno(), child.fileno(), -1)
+        assert channel.read() == message
+        sender.join()
