@@ -24,7 +24,7 @@ import anyio
 from _common import model_server, report
 from _policies import FANOUT
 
-from rlm_sdk import OpenAICompatibleProvider, RecursiveLM
+from rlm_sdk import Limits, OpenAICompatibleProvider, RecursiveLM
 from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
 
@@ -55,7 +55,7 @@ async def bench_fanout(args: argparse.Namespace) -> None:
     expected = sum(1 for line in context.split("\n") if "ember" in line)
     walls = []
     with model_server("fanout", args.latency) as url:
-        rlm = _rlm(url, max_concurrent_subcalls=FANOUT)
+        rlm = _rlm(url, limits=Limits(max_concurrent_subcalls=FANOUT))
         for i in range(args.repeat + 1):
             t0 = time.perf_counter()
             result = await rlm.acomplete(context, "How many lines mention 'ember'?")

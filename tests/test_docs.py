@@ -303,7 +303,8 @@ def test_docs_page_examples_run(
     """Every Python block of a docs page runs offline against a stand-in model."""
     from rlm_sdk.providers import _registry
 
-    monkeypatch.setattr(_registry, "DEFAULT_REGISTRY", _registry.ProviderRegistry())
+    registry = _registry.DEFAULT_REGISTRY  # a page's registrations end with the page
+    monkeypatch.setattr(registry, "_factories", dict(registry._factories))
     with (
         stand_in(PAGE_MODELS.get(page, search_model), monkeypatch) as env,
         contextlib.ExitStack() as stack,
@@ -494,10 +495,11 @@ def _row_names(page: str, heading: str) -> set[str]:
 
 
 def test_configuration_tables_match_the_code() -> None:
-    """The configuration page lists every RecursiveLM argument, Limits field and variable."""
+    """The configuration page lists every RecursiveLM argument, Limits and REPLOptions field, and variable."""
     params = set(inspect.signature(rlm_sdk.RecursiveLM.__init__).parameters) - {"self"}
     assert params == _row_names("configuration.md", "`RecursiveLM`")
     assert set(rlm_sdk.Limits.model_fields) == _row_names("configuration.md", "`Limits`")
+    assert set(rlm_sdk.REPLOptions.model_fields) == _row_names("configuration.md", "`REPLOptions`")
     from rlm_sdk._settings import Settings
 
     variables = {

@@ -13,6 +13,7 @@ from rlm_sdk import (
     LimitExceededError,
     Limits,
     RecursiveLM,
+    REPLOptions,
     RunFinished,
 )
 from rlm_sdk.testing import ScriptedProvider
@@ -350,3 +351,41 @@ async def test_price_table_costs_calls_and_bounds_spend() -> None:
     assert result.usage.cost is not None and result.usage.cost > 0.5
     assert result.trajectory.turns[0].cost == result.usage.cost
     assert result.error is not None and "cost" in result.error
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"isolation": "bogus"}, "isolation"),
+        ({"max_depth": -1}, "max_depth"),
+        ({"max_iterations": 0}, "max_iterations"),
+        ({"on_limit": "ignore"}, "on_limit"),
+        ({"max_workers": 0}, "max_workers"),
+    ],
+)
+def test_invalid_options_are_configuration_errors(kwargs: dict[str, object], problem: str) -> None:
+    """A bad keyword is a ConfigurationError naming it, not a pydantic error."""
+    with pytest.raises(ConfigurationError, match=problem):
+        RecursiveLM("m", **kwargs)  # type: ignore[arg-type]
+
+
+def test_grouped_options_and_their_shortcuts() -> None:
+    """REPL options and limits travel as models; the simple keywords override their one field."""
+    rlm = RecursiveLM(
+        "m",
+        repl_options=REPLOptions(cell_timeout=5, allow_network=True),
+        isolation="none",
+        limits=Limits(max_model_calls=9, max_depth=3),
+        max_iterations=4,
+    )
+    assert rlm.repl_options == REPLOptions(cell_timeout=5, allow_network=True, isolation="none")
+    assert rlm.limits == Limits(max_model_calls=9, max_depth=3, max_iterations=4)
+
+
+async def test_options_are_read_when_each_run_starts() -> None:
+    """Changing repl_options between runs reaches the next run: a short cell_timeout interrupts."""
+    rlm, _ = rlm_with([code("import time\ntime.sleep(3)"), "FINAL(a)"] * 2)
+    rlm.repl_options = rlm.repl_options.model_copy(update={"cell_timeout": 0.3})
+    result = await rlm.acomplete("ctx", "q")
+    assert result.trajectory.turns[0].cells[0].timed_out
+    await rlm.aclose()

@@ -9,19 +9,19 @@ others. Results come back in input order (:meth:`RecursiveLM.abatch`) or as they
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from ._exceptions import ConfigurationError, RunError
+from ._exceptions import ConfigurationError, RLMError
 from ._types import RLMResult
 
-if TYPE_CHECKING:
-    from ._orchestrator import EventHandler, RecursiveLM
+__all__ = ["BatchItem", "BatchProgress", "BatchResult", "RunOne", "iter_batch"]
 
-__all__ = ["BatchItem", "BatchProgress", "BatchResult", "iter_batch"]
+RunOne = Callable[["BatchItem", int], Awaitable[RLMResult]]
+"""Runs one item (with its index); :meth:`RecursiveLM.abatch_iter` passes its top-level run."""
 
 
 class BatchItem(BaseModel):
@@ -75,12 +75,11 @@ def _as_item(raw: Any) -> BatchItem:
 
 
 async def iter_batch(
-    rlm: RecursiveLM,
+    run_one: RunOne,
     items: Iterable[Any],
     *,
     concurrency: int,
     on_progress: Callable[[BatchProgress], None] | None = None,
-    on_event: EventHandler | None = None,
 ) -> AsyncIterator[BatchResult]:
     """Run every item, yielding each result as it finishes (see the module docstring)."""
     if concurrency < 1:
@@ -92,11 +91,9 @@ async def iter_batch(
     async def one(index: int, item: BatchItem) -> None:
         async with limiter:
             try:
-                result = await rlm._top_level(
-                    item.context, item.query, on_event=on_event, item=index
-                )
+                result = await run_one(item, index)
                 outcome = BatchResult(index=index, id=item.id, result=result)
-            except RunError as err:
+            except RLMError as err:
                 outcome = BatchResult(
                     index=index,
                     id=item.id,

@@ -1,6 +1,7 @@
-"""A drop-in for chat-completion calls: ``await rlm.chat.completions.create(messages=...)``.
+"""The chat-completion shape of a run, for ``rlm.chat.completions.create(messages=...)``.
 
-The mapping from a chat request to a run:
+Pure mapping, both ways; :class:`~rlm_sdk.RecursiveLM` owns the ``chat`` namespace that uses
+it, and ``rlm-sdk serve`` uses it for ``/v1/chat/completions``. From a chat request to a run:
 
 * the last ``user`` message is the query;
 * the messages before it are the context, unless ``context=`` is passed: one message
@@ -17,26 +18,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from ._exceptions import ConfigurationError
-from ._sync import run_sync
 from ._types import RLMResult
-
-if TYPE_CHECKING:
-    from ._orchestrator import RecursiveLM
-    from .repl import ContextData
+from .repl import ContextData
 
 __all__ = [
-    "Chat",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionMessage",
     "ChatCompletionUsage",
-    "Completions",
     "messages_to_run",
+    "to_chat_completion",
 ]
 
 
@@ -126,51 +122,3 @@ def to_chat_completion(result: RLMResult, model: str) -> ChatCompletion:
         ),
         rlm=result,
     )
-
-
-class Completions:
-    """``create`` and ``create_sync``, shaped like the OpenAI client's."""
-
-    def __init__(self, rlm: RecursiveLM) -> None:
-        self._rlm = rlm
-
-    async def create(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        context: ContextData | None = None,
-        **_ignored: Any,
-    ) -> ChatCompletion:
-        """Run the RLM on a chat request; extra OpenAI parameters are accepted and ignored."""
-        derived_context, query = messages_to_run(messages)
-        rlm = (
-            self._rlm if model is None or model == self._rlm.model else self._rlm._with_model(model)
-        )
-        result = await rlm.acomplete(derived_context if context is None else context, query)
-        return to_chat_completion(result, model or self._rlm.model)
-
-    def create_sync(
-        self,
-        *,
-        messages: Iterable[Mapping[str, Any]],
-        model: str | None = None,
-        context: ContextData | None = None,
-        **ignored: Any,
-    ) -> ChatCompletion:
-        """Sync twin of :meth:`create`."""
-
-        async def main() -> ChatCompletion:
-            try:
-                return await self.create(messages=messages, model=model, context=context, **ignored)
-            finally:
-                await self._rlm._close_providers()
-
-        return run_sync(main, name="create_sync", async_name="create")
-
-
-class Chat:
-    """``rlm.chat.completions.create(...)``, the OpenAI client's spelling."""
-
-    def __init__(self, rlm: RecursiveLM) -> None:
-        self.completions = Completions(rlm)

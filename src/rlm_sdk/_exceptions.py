@@ -21,12 +21,15 @@ mistakes (fix your code or environment) are kept apart from failures during a ru
     │   └── WorkerCrashedError      the worker died and could not be brought back
     ├── IsolationError              a required sandbox layer cannot be applied
     └── RunError                    a run ended without a final answer
-        ├── LimitExceededError      a budget ran out (iterations, calls, tokens, cost, time)
-        └── RunCancelledError       the run was cancelled
+        └── LimitExceededError      a budget ran out (calls, tokens, cost, wall time)
 
 Errors carry what a user needs to act on them: the HTTP status, the request id and an
-excerpt of the body for provider errors; the partial answer and the trajectory so far
-for run errors.
+excerpt of the body for provider errors; and any error that ended a run carries the run's
+partial result (answer, usage, trajectory so far) as ``result``.
+
+A cancelled run raises the event loop's own cancellation exception, as structured
+concurrency requires; its events still end with ``RunFinished`` (``stop_reason
+"cancelled"``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ __all__ = [
     "REPLError",
     "RLMError",
     "RateLimitError",
-    "RunCancelledError",
     "RunError",
     "WorkerCrashedError",
     "WorkerProtocolError",
@@ -60,7 +62,14 @@ __all__ = [
 
 
 class RLMError(Exception):
-    """Root of every error rlm_sdk raises on purpose."""
+    """Root of every error rlm_sdk raises on purpose.
+
+    Attributes:
+        result: when the error ended a run, what the run had done by then (partial answer,
+            usage, trajectory, ``stop_reason`` ``"error"`` or ``"limit"``); ``None`` otherwise.
+    """
+
+    result: RLMResult | None = None
 
 
 class ConfigurationError(RLMError):
@@ -176,7 +185,7 @@ class RunError(RLMError):
 
 
 class LimitExceededError(RunError):
-    """A budget ran out; ``limit`` names it (``iterations``, ``model_calls``, ``tokens``, ...)."""
+    """A budget ran out; ``limit`` names it (``model_calls``, ``tokens``, ``cost``, ``wall_time``)."""
 
     def __init__(
         self, message: str, *, limit: str, result: RLMResult | None = None, **details: Any
@@ -184,7 +193,3 @@ class LimitExceededError(RunError):
         super().__init__(message, result=result)
         self.limit = limit
         self.details = details
-
-
-class RunCancelledError(RunError):
-    """The run was cancelled before it gave an answer."""

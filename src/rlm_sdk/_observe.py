@@ -1,47 +1,47 @@
-"""A context-local listener that lets shared parts report to the run that is using them.
+"""How a shared provider reports to the run that is using it.
 
 A provider is shared by every run in a process, so it cannot hold one run's event sink. The
-orchestrator sets this listener around each model call; the provider's retry code reports
-through it, and the report becomes a ``RetryScheduled`` event of the right run. Outside a run
-the listener is unset and reporting costs one lookup.
+orchestrator sets the run as the *observer* around each model call it makes (every call, the
+same way); the provider reports through :func:`notify_retry` and :func:`notify_request_sent`,
+which reach that run and nobody else. Outside a run nothing is set, and reporting costs one
+context-variable lookup.
 
-The same mechanism tells a run when its first request is on the wire, so the run can start
-its REPL worker (a fork, and encoding a large context) without delaying that request.
+Two things are reported: a retry being scheduled (it becomes a ``RetryScheduled`` event of
+the run), and a request being on the wire (the run then starts its REPL worker, so the fork
+and the context load overlap the model's latency instead of delaying the request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Protocol
 
-__all__ = [
-    "RetryListener",
-    "notify_request_sent",
-    "notify_retry",
-    "request_sent_listener",
-    "retry_listener",
-]
+__all__ = ["CallObserver", "current_observer", "notify_request_sent", "notify_retry"]
 
-RetryListener = Callable[[str, int, float, str], None]
-"""Called as ``listener(provider, attempt, delay_s, reason)``."""
 
-retry_listener: ContextVar[RetryListener | None] = ContextVar("rlm_retry_listener", default=None)
+class CallObserver(Protocol):
+    """What a run is told about the model call it is waiting for."""
+
+    def retry_scheduled(self, provider: str, attempt: int, delay_s: float, reason: str) -> None:
+        """A failed attempt will be retried after ``delay_s`` seconds."""
+
+    def request_sent(self) -> None:
+        """The request has been written to the network."""
+
+
+current_observer: ContextVar[CallObserver | None] = ContextVar("rlm_call_observer", default=None)
+"""The run waiting for the model call in this context, if any."""
 
 
 def notify_retry(provider: str, attempt: int, delay_s: float, reason: str) -> None:
     """Tell the current run, if any, that a retry is scheduled."""
-    listener = retry_listener.get()
-    if listener is not None:
-        listener(provider, attempt, delay_s, reason)
-
-
-request_sent_listener: ContextVar[Callable[[], None] | None] = ContextVar(
-    "rlm_request_sent_listener", default=None
-)
+    observer = current_observer.get()
+    if observer is not None:
+        observer.retry_scheduled(provider, attempt, delay_s, reason)
 
 
 def notify_request_sent() -> None:
     """Tell the current run, if any, that its request has been written to the network."""
-    listener = request_sent_listener.get()
-    if listener is not None:
-        listener()
+    observer = current_observer.get()
+    if observer is not None:
+        observer.request_sent()

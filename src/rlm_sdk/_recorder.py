@@ -2,8 +2,9 @@
 
 The first line is a header with the schema name and version; every other line is one event
 as :mod:`rlm_sdk._events` defines it. The loader rebuilds each top-level run's
-:class:`Trajectory` from the events alone, so a run that was interrupted (no
-``run_finished``) still loads. Known secrets (the provider keys in the environment, and any
+:class:`Trajectory` from the events alone, with the same builder a live run uses
+(:mod:`rlm_sdk._trajectory`), so a loaded trajectory equals the one the run returned, and a
+run that was interrupted (no ``run_finished``) still loads. Known secrets (the provider keys in the environment, and any
 the caller names) are replaced by ``[REDACTED]`` before a line is written.
 """
 
@@ -16,25 +17,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel
-
-from ._events import (
-    CellFinished,
-    CellStarted,
-    ChildRunStarted,
-    Event,
-    EventBase,
-    ModelResponse,
-    RunFinished,
-    RunStarted,
-    SubCallFinished,
-    SubCallStarted,
-    TurnFinished,
-    TurnStarted,
-    event_adapter,
-)
+from ._events import Event, RunFinished, event_adapter
 from ._exceptions import ConfigurationError
-from ._types import CellRecord, RLMResult, SubCallRecord, Trajectory, TurnRecord
+from ._settings import load_settings
+from ._trajectory import build_trajectories
+from ._types import RLMResult, Trajectory
 
 __all__ = [
     "SCHEMA",
@@ -53,8 +40,6 @@ _SECRET_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
 def _known_secrets(extra: Iterable[str]) -> list[str]:
-    from ._settings import load_settings
-
     s = load_settings()
     found = [os.environ.get(v, "") for v in _SECRET_VARS]
     found += [
@@ -147,72 +132,9 @@ class SavedRun:
 
 
 def rebuild_trajectories(events: Iterable[Event]) -> list[SavedRun]:
-    """Rebuild each top-level run's trajectory tree from its events, in file order."""
-    runs: dict[str, Trajectory] = {}
-    open_cell: dict[str, CellRecord] = {}
-    calls: dict[str, SubCallRecord] = {}
-    children: dict[str, SubCallRecord] = {}
-    roots: list[tuple[Trajectory, int | None]] = []
-    results: dict[str, RLMResult] = {}
-    for ev in events:
-        rid = ev.run_id
-        if isinstance(ev, RunStarted):
-            t = Trajectory(
-                run_id=rid,
-                parent_run_id=ev.parent_run_id,
-                depth=ev.depth,
-                model=ev.model,
-                query=ev.query,
-                context_description=ev.context_description,
-            )
-            runs[rid] = t
-            if rid in children:
-                children[rid].child = t
-            if ev.parent_run_id is None:
-                roots.append((t, ev.item))
-            continue
-        t_or_none = runs.get(rid)
-        if t_or_none is None:
-            continue  # an event of a run whose start is not in the file
-        t = t_or_none
-        if isinstance(ev, TurnStarted):
-            t.turns.append(TurnRecord(iteration=ev.iteration, model=t.model, reply=""))
-        elif isinstance(ev, ModelResponse) and ev.purpose != "sub_call" and t.turns:
-            _update(t.turns[-1], ev)
-            t.turns[-1].reply = ev.text
-        elif isinstance(ev, TurnFinished) and t.turns:
-            _update(t.turns[-1], ev)
-        elif isinstance(ev, CellStarted) and t.turns:
-            cell = CellRecord(code=ev.code)
-            t.turns[-1].cells.append(cell)
-            open_cell[rid] = cell
-        elif isinstance(ev, CellFinished) and rid in open_cell:
-            _update(open_cell.pop(rid), ev)
-        elif isinstance(ev, SubCallStarted):
-            record = SubCallRecord(
-                kind=ev.kind, model=ev.model, depth=ev.depth + 1, prompt=ev.prompt, response=""
-            )
-            calls[ev.call_id] = record
-            if rid in open_cell:
-                open_cell[rid].sub_calls.append(record)
-        elif isinstance(ev, SubCallFinished) and ev.call_id in calls:
-            _update(calls[ev.call_id], ev)
-        elif isinstance(ev, ChildRunStarted) and ev.call_id in calls:
-            children[ev.child_run_id] = calls[ev.call_id]
-        elif isinstance(ev, RunFinished):
-            t.answer, t.stop_reason = ev.result.answer, ev.result.stop_reason
-            if ev.parent_run_id is None:
-                results[rid] = ev.result
-    return [SavedRun(t, results.get(t.run_id), item) for t, item in roots]
-
-
-def _update(record: BaseModel, event: BaseModel) -> None:
-    """Copy the fields an event and a record share from the event onto the record."""
-    for name in type(record).model_fields.keys() & type(event).model_fields.keys() - _EVENT_ONLY:
-        setattr(record, name, getattr(event, name))
-
-
-_EVENT_ONLY = frozenset(EventBase.model_fields) | {"type"}
+    """Each top-level run's trajectory tree, rebuilt from its events, in file order."""
+    built = build_trajectories(events)
+    return [SavedRun(t, built.results.get(t.run_id), item) for t, item in built.roots]
 
 
 def load_runs(path: str | os.PathLike[str]) -> list[SavedRun]:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ._constants import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
+from ._constants import DEFAULT_MAX_CONCURRENT_SUBCALLS, DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
 
 __all__ = [
     "CellRecord",
@@ -30,16 +30,17 @@ StopReason = Literal[
     "final_var",  # FINAL_VAR(name) in a reply or in code, or answer["ready"] = True
     "max_iterations",  # the iteration limit was reached; the answer comes from one last call
     "limit",  # another budget ran out (calls, tokens, cost, wall time)
-    "error",  # the run failed
-    "cancelled",
+    "error",  # an exception ended the run; it is raised, carrying this result as ``.result``
+    "cancelled",  # the run was cancelled from outside; seen in its last event, RunFinished
 ]
 
 
 class Limits(BaseModel):
     """Budgets of one top-level run, counted over its whole recursion tree.
 
-    ``max_iterations`` bounds the turns of each run (root and children alike); the others are
-    shared by the tree: a child gets what its parent has left. ``None`` means unbounded.
+    ``max_iterations`` and ``max_concurrent_subcalls`` bound each run (root and children
+    alike); the others are shared by the tree: a child gets what its parent has left.
+    ``None`` means unbounded. Enforced in one place, the run tree's budget.
     """
 
     max_iterations: int = Field(default=DEFAULT_MAX_ITERATIONS, ge=1)
@@ -54,6 +55,8 @@ class Limits(BaseModel):
     """USD in the whole tree, from reported costs or the ``prices`` table."""
     max_wall_time: float | None = Field(default=None, gt=0)
     """Seconds for the whole top-level run."""
+    max_concurrent_subcalls: int = Field(default=DEFAULT_MAX_CONCURRENT_SUBCALLS, ge=1)
+    """Sub-calls one run has in flight at once (the batched forms fan out up to this)."""
 
 
 class ModelUsage(BaseModel):

@@ -1,4 +1,5 @@
-"""Without a configured provider, every run of an app shares one provider per model prefix."""
+"""Without a configured provider, every run of an app shares one provider per model prefix
+(the app's one :class:`~rlm_sdk.ModelRouter`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import anyio
 import openai
 import pytest
 
-from rlm_sdk import CompletionRequest
 from rlm_sdk.providers import _registry
-from rlm_sdk.server._providers import SharedProviders
 from rlm_sdk.testing import ScriptedProvider
 from tests.server.helpers import LiveServer, serve_in_thread, two_turn_policy
 
@@ -27,20 +26,6 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[ScriptedProvider]:
     factories = dict(_registry.DEFAULT_REGISTRY._factories, shared=factory)
     monkeypatch.setattr(_registry.DEFAULT_REGISTRY, "_factories", factories)
     return providers
-
-
-async def test_one_provider_per_prefix_with_names_unprefixed(
-    made: list[ScriptedProvider],
-) -> None:
-    router = SharedProviders()
-    for model in ("shared:a", "shared:b", "shared:a"):
-        request = CompletionRequest(model=model, messages=[{"role": "user", "content": "x"}])
-        await router.acomplete(request)
-    assert len(made) == 1
-    assert [r.model for r in made[0].requests] == ["a", "b", "a"]
-    assert list(router.providers) == ["shared"]
-    await router.aclose()
-    assert router.providers == {}
 
 
 def test_concurrent_runs_of_an_app_share_the_provider(made: list[ScriptedProvider]) -> None:

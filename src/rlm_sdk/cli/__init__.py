@@ -20,6 +20,8 @@ import anyio
 
 __all__ = ["main"]
 
+_NEEDS_RICH = "rlm-sdk: the {what} needs rich, which is not installed: pip install 'rlm-sdk[cli]'"
+
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="root model, e.g. openai:gpt-5-mini (default: RLM_MODEL)")
@@ -152,8 +154,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 def _demo_model(args: argparse.Namespace) -> str | None:
     """The model the demo runs for real: --model, RLM_MODEL, or a default for a key that is set."""
-    from rlm_sdk._constants import DEMO_ANTHROPIC_MODEL, DEMO_OPENAI_MODEL
-    from rlm_sdk._settings import load_settings
+    from rlm_sdk._frontend import DEMO_ANTHROPIC_MODEL, DEMO_OPENAI_MODEL, load_settings
 
     s = load_settings()
     if args.model or s.model:
@@ -257,10 +258,18 @@ def _finished_ids(output: Path) -> set[str]:
 
 
 async def _cmd_batch(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    try:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        raise SystemExit(_NEEDS_RICH.format(what="batch's progress bar")) from None
 
-    from rlm_sdk import BatchItem, BatchProgress, RecursiveLM
-    from rlm_sdk._recorder import JSONLRecorder
+    from rlm_sdk import BatchItem, BatchProgress, JSONLRecorder, RecursiveLM
 
     items = _batch_items(args)
     skip = _finished_ids(args.output)
@@ -318,10 +327,10 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 async def _cmd_view(args: argparse.Namespace) -> int:
-    from rlm_sdk._console import ConsoleView
-    from rlm_sdk._recorder import load_events
+    from rlm_sdk import load_events
+    from rlm_sdk._frontend import console_view
 
-    view = ConsoleView(file=sys.stdout, threaded=False)
+    view = console_view(file=sys.stdout, threaded=False)
     for event in load_events(args.file):
         view.render(event)
     return 0
@@ -331,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlm-sdk`` console script."""
     args = _parser().parse_args(argv)
     _configure_logging(args)
-    from rlm_sdk._exceptions import RLMError
+    from rlm_sdk import RLMError
 
     if args.command == "serve":
         from rlm_sdk.server import serve

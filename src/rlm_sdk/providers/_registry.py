@@ -30,6 +30,7 @@ __all__ = [
     "ProviderRegistry",
     "register_provider",
     "resolve_model",
+    "split_model",
 ]
 
 ProviderFactory = Callable[[], Provider]
@@ -91,24 +92,25 @@ class ProviderRegistry:
             ConfigurationError: an empty name, an unknown prefix, a plugin that fails to load,
                 or what the provider raises about its own configuration (a missing key).
         """
-        prefix, colon, name = model.partition(":")
-        if not colon or not _PREFIX.fullmatch(prefix):
-            prefix, name = "openai", model
-        if not name:
-            raise ConfigurationError(f"no model name in {model!r}; write e.g. 'openai:gpt-5-mini'")
+        prefix, name = split_model(model)
+        return self.make(prefix, model=model), name
+
+    def make(self, prefix: str, *, model: str | None = None) -> Provider:
+        """A new provider for ``prefix``; ``model`` (the string asked for) only words errors."""
         factory = self._factories.get(prefix) or self._load_plugin(prefix)
         if factory is None:
+            asked = model or f"{prefix}:..."
             raise ConfigurationError(
-                f"unknown provider prefix {prefix!r} in {model!r}; known: "
+                f"unknown provider prefix {prefix!r} in {asked!r}; known: "
                 f"{', '.join(self.known_prefixes())}. For a model name that contains ':', "
-                f"name the provider too, e.g. 'openai:{model}'."
+                f"name the provider too, e.g. 'openai:{asked}'."
             )
         provider = factory()
         if not isinstance(provider, Provider):
             raise ConfigurationError(
                 f"the factory for {prefix!r} returned {provider!r}, not a Provider"
             )
-        return provider, name
+        return provider
 
     def _load_plugin(self, prefix: str) -> ProviderFactory | None:
         if self._group is None:
@@ -126,6 +128,25 @@ class ProviderRegistry:
 
 
 DEFAULT_REGISTRY = ProviderRegistry()
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """The provider prefix of a model string and the name to send: the one parser of them.
+
+    ``"anthropic:claude-sonnet-4-5"`` -> ``("anthropic", "claude-sonnet-4-5")``. A string
+    with no prefix, or whose text before the first ``:`` cannot be one
+    (``"meta-llama/llama-3.3-70b-instruct:free"``), is a bare name for the OpenAI-compatible
+    provider, sent whole: ``("openai", "meta-llama/llama-3.3-70b-instruct:free")``.
+
+    Raises:
+        ConfigurationError: the name is empty (``"openai:"``, ``""``).
+    """
+    prefix, colon, name = model.partition(":")
+    if not colon or not _PREFIX.fullmatch(prefix):
+        prefix, name = "openai", model
+    if not name:
+        raise ConfigurationError(f"no model name in {model!r}; write e.g. 'openai:gpt-5-mini'")
+    return prefix, name
 
 
 def resolve_model(model: str) -> tuple[Provider, str]:

@@ -38,10 +38,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rlm_sdk import ConfigurationError, Event
-from rlm_sdk._logging import get_logger
-from rlm_sdk._recorder import load_events
-from rlm_sdk.providers import Provider
+from rlm_sdk import ConfigurationError, Event, load_events
+from rlm_sdk._frontend import get_logger
+from rlm_sdk.providers import ModelRouter, Provider
 from rlm_sdk.repl import ForkServer
 from rlm_sdk.testing import NIAH_QUERY, make_haystack
 
@@ -57,7 +56,6 @@ from ._http import (
 )
 from ._jobs import make_job, parse_options
 from ._openai import chat_completions, list_models
-from ._providers import SharedProviders
 from ._runs import RunRegistry, ServerRun
 
 __all__ = ["build_app"]
@@ -214,7 +212,7 @@ def build_app(config: ServerConfig) -> Starlette:
     forkserver = ForkServer()
     # Every run shares the app's providers: one set of connections, one bound on requests
     # in flight per provider, whatever the number of runs.
-    shared = SharedProviders()
+    shared = ModelRouter()
     h = _Handlers(config, runs, forkserver, config.provider or shared)
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rlm_sdk._constants import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
+from rlm_sdk._frontend import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
 from rlm_sdk.providers import Provider
 
 __all__ = [

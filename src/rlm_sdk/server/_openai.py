@@ -2,7 +2,7 @@
 
 Point any OpenAI client at ``http://127.0.0.1:PORT/v1`` and a run looks like a model call.
 The request maps to a run as :mod:`rlm_sdk._chat` defines (last user message = the query,
-earlier messages = the context); the reply is :func:`~rlm_sdk._chat.to_chat_completion`'s.
+earlier messages = the context); the reply is the chat drop-in's (:func:`~rlm_sdk._chat.to_chat_completion`).
 
 Model names: ``rlm:`` + one of the server's models, e.g. ``rlm:openai:gpt-5-mini`` (the
 root model). The rest goes in an optional ``rlm`` object in the body, which the ``openai``
@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rlm_sdk import ConfigurationError, ProviderError, RLMError, RLMResult
-from rlm_sdk._chat import messages_to_run, to_chat_completion
+from rlm_sdk._frontend import messages_to_run, to_chat_completion
 from rlm_sdk.providers import Provider
 from rlm_sdk.repl import ForkServer
 

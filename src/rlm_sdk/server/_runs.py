@@ -20,10 +20,8 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from rlm_sdk._events import Event
-from rlm_sdk._exceptions import ProviderError, RLMError
-from rlm_sdk._logging import get_logger
-from rlm_sdk._types import RLMResult
+from rlm_sdk import Event, ProviderError, RLMError, RLMResult
+from rlm_sdk._frontend import get_logger
 
 __all__ = ["EventSink", "Job", "RunRegistry", "RunStatus", "ServerRun"]
 

@@ -15,7 +15,7 @@ from typing import ClassVar, Self, TypeAlias
 import anyio
 
 from rlm_sdk._exceptions import APIResponseError
-from rlm_sdk.providers._types import CompletionRequest, CompletionResponse, TokenUsage
+from rlm_sdk.providers import CompletionRequest, CompletionResponse, TokenUsage
 
 __all__ = ["ReplyFunction", "ScriptedProvider"]
 

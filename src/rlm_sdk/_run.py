@@ -1,0 +1,539 @@
+"""One run tree: the turn loop, the REPL it drives, and sub-calls down to any depth.
+
+A run is a loop over turns, every turn the same: ask the root model, run the reply's
+``repl`` blocks in the run's own REPL worker, read the final answer or tell the model what
+the code printed. The run is also the handler of its worker's sub-calls: ``llm_query`` is a
+plain model call; ``rlm_query`` starts a child run, one level deeper with its own worker,
+while the budget allows recursion.
+
+What a top-level run shares with every run below it is one :class:`_Tree`: the settings it
+started with, the :class:`~rlm_sdk._budget.Budget` (every limit, enforced there), and the
+event sink. Every event goes to a :class:`~rlm_sdk._trajectory.TrajectoryBuilder` first,
+and the trajectory a result holds is the one that builder made: there is no second record.
+
+The worker starts while the first model call is in flight. Each run's REPL is opened by a
+task of its own (:class:`_LazyREPL`) once the run's first request is on the wire; turns
+only ever ask it for the session, so no turn is special.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+
+from . import _protocol as proto
+from ._budget import Budget
+from ._events import (
+    CellFinished,
+    CellStarted,
+    ChildRunStarted,
+    Event,
+    EventBase,
+    FinalAnswer,
+    LimitReached,
+    ModelRequest,
+    ModelResponse,
+    RetryScheduled,
+    RunFinished,
+    RunStarted,
+    SubCallFinished,
+    SubCallStarted,
+    TurnFinished,
+    TurnStarted,
+    WorkerRestarted,
+)
+from ._exceptions import LimitExceededError, RLMError
+from ._logging import get_logger
+from ._observe import current_observer
+from ._trajectory import TrajectoryBuilder
+from ._types import Limits, RLMResult, StopReason
+from .providers import ChatMessage, CompletionRequest, CompletionResponse, Provider
+from .repl import CellResult, ContextData, ForkServer, REPLOptions, REPLSession, SubCallRequest
+
+__all__ = ["RunSettings", "run_tree"]
+
+EventSink = Callable[[Event], None]
+
+_OPEN_AFTER = 0.05
+"""Seconds a run waits for its first request to be on the wire before opening its REPL
+anyway (a provider that cannot tell when a request has left costs this, hidden behind the
+model's latency)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a top-level run reads from its :class:`~rlm_sdk.RecursiveLM`, fixed at its start."""
+
+    model: str
+    sub_model: str
+    provider: Provider
+    limits: Limits
+    repl: REPLOptions
+    forkserver: ForkServer
+    tools: Mapping[str, Callable[..., Any]]
+    tool_docs: Mapping[str, str]
+    prices: Mapping[str, tuple[float, float]]
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class _Tree:
+    """What every run of one top-level run shares."""
+
+    settings: RunSettings
+    budget: Budget
+    sinks: Sequence[EventSink]
+    item: int | None
+    trajectories: TrajectoryBuilder = field(default_factory=TrajectoryBuilder)
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class _LazyREPL:
+    """A run's REPL session, opened by a task of its own so that no turn waits for it early.
+
+    It opens on the first of: one of the run's requests is on the wire (the fork and the
+    context load then overlap the model's latency instead of delaying the request), a turn
+    asks for it, or ``_OPEN_AFTER`` seconds passed. It closes, killing and reaping the
+    worker, when the run releases it; released before it opened, it never opens.
+    """
+
+    def __init__(self) -> None:
+        self.wanted = anyio.Event()
+        self.session: REPLSession | None = None
+        self._opened = anyio.Event()
+        self._released = anyio.Event()
+
+    async def hold(self, open_session: Callable[[], REPLSession]) -> None:
+        with anyio.move_on_after(_OPEN_AFTER):
+            await self.wanted.wait()
+        # One more trip round the event loop: runs started together all get their first
+        # requests out before any of them forks a worker.
+        await anyio.lowlevel.checkpoint()
+        if self._released.is_set():
+            return
+        async with open_session() as session:
+            self.session = session
+            self._opened.set()
+            await self._released.wait()
+
+    async def get(self) -> REPLSession:
+        self.wanted.set()
+        await self._opened.wait()
+        assert self.session is not None
+        return self.session
+
+    def release(self) -> None:
+        self._released.set()
+        self.wanted.set()  # a holder still waiting to open wakes up, and does not
+
+
+class _Run:
+    """One run (the root or a child) of a tree; it observes its own model calls."""
+
+    def __init__(self, tree: _Tree, *, depth: int, parent: str | None, model: str) -> None:
+        self.tree = tree
+        self.run_id = uuid.uuid4().hex[:16]
+        self.parent_run_id = parent
+        self.depth = depth
+        self.model = model
+        self.repl = _LazyREPL()
+        self.subcalls = anyio.CapacityLimiter(tree.settings.limits.max_concurrent_subcalls)
+        self.result: RLMResult | None = None
+        self.log = get_logger(run_id=self.run_id, depth=depth)
+
+    def emit(self, cls: type[EventBase], **fields: Any) -> None:
+        tree = self.tree
+        event: Any = cls(
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            depth=self.depth,
+            ts=time.time(),
+            seq=next(tree.seq),
+            item=tree.item,
+            **fields,
+        )
+        tree.trajectories(event)
+        for sink in tree.sinks:
+            sink(event)
+
+    # the CallObserver protocol (rlm_sdk._observe)
+    def retry_scheduled(self, provider: str, attempt: int, delay_s: float, reason: str) -> None:
+        self.emit(
+            RetryScheduled, provider=provider, attempt=attempt, delay_s=delay_s, reason=reason
+        )
+
+    def request_sent(self) -> None:
+        self.repl.wanted.set()
+
+
+async def run_tree(
+    settings: RunSettings,
+    context: ContextData,
+    query: str | None,
+    *,
+    sinks: Sequence[EventSink],
+    item: int | None,
+    model: str | None = None,
+) -> RLMResult:
+    """Run a top-level run (``model`` overrides the settings' root model) and its tree.
+
+    Raises:
+        LimitExceededError: a budget ran out; ``.result`` is the partial result.
+        RLMError: the run failed (provider, worker); ``.result`` is the partial result.
+    """
+    tree = _Tree(settings, Budget(settings.limits, settings.prices), sinks, item)
+    root = _Run(tree, depth=0, parent=None, model=model or settings.model)
+    try:
+        with tree.budget.wall_clock():
+            return await _run(root, context, query)
+    except LimitExceededError as err:
+        err.result = root.result
+        raise
+
+
+async def _run(run: _Run, context: ContextData, query: str | None) -> RLMResult:
+    """One run, from ``RunStarted`` to ``RunFinished`` (emitted however it ends)."""
+    started = time.perf_counter()
+    tree = run.tree
+    description = proto.describe_context(context)
+    messages = [
+        ChatMessage(
+            role="system",
+            content=proto.build_system_prompt(
+                description,
+                sub_model=tree.settings.sub_model,
+                can_recurse=tree.budget.can_recurse(run.depth),
+                tools=tree.settings.tool_docs,
+            ),
+        ),
+        ChatMessage(role="user", content=proto.build_user_prompt(query)),
+    ]
+    run.emit(
+        RunStarted,
+        model=run.model,
+        sub_model=tree.settings.sub_model,
+        query=query,
+        context_description=description,
+        max_iterations=tree.budget.max_iterations,
+        max_depth=tree.settings.limits.max_depth,
+    )
+    run.log.info("rlm.run_started", model=run.model)
+
+    def open_session() -> REPLSession:
+        async def handler(request: SubCallRequest) -> list[str]:
+            return await _sub_calls(run, request)
+
+        return REPLSession(
+            context,
+            handler=handler,
+            tools=tree.settings.tools,
+            options=tree.settings.repl,
+            forkserver=tree.settings.forkserver,
+        )
+
+    try:
+        with _single_errors():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.repl.hold, open_session)
+                try:
+                    answer, reason = await _turns(run, messages)
+                finally:
+                    run.repl.release()
+    except BaseException as exc:
+        reason, error = _why_stopped(run, exc)
+        _finish(run, None, reason, started, error=error)
+        if isinstance(exc, RLMError):
+            exc.result = run.result
+        raise
+    run.emit(FinalAnswer, answer=answer or "", source=reason)
+    return _finish(run, answer, reason, started)
+
+
+def _why_stopped(run: _Run, exc: BaseException) -> tuple[StopReason, str]:
+    """The stop reason and error text of a run that ended by an exception."""
+    spent = run.tree.budget.exhausted()
+    if isinstance(exc, LimitExceededError) or (
+        spent is not None and isinstance(exc, anyio.get_cancelled_exc_class())
+    ):
+        limit = exc if isinstance(exc, LimitExceededError) else spent
+        assert limit is not None
+        run.emit(LimitReached, limit=limit.limit, detail=str(limit))
+        return "limit", str(limit)
+    if isinstance(exc, Exception):
+        run.log.info("rlm.run_failed", error=f"{type(exc).__name__}: {exc}")
+        return "error", f"{type(exc).__name__}: {exc}"
+    return "cancelled", "the run was cancelled"
+
+
+def _finish(
+    run: _Run,
+    answer: str | None,
+    reason: StopReason,
+    started: float,
+    *,
+    error: str | None = None,
+) -> RLMResult:
+    session = run.repl.session
+    trajectory = run.tree.trajectories.runs[run.run_id]
+    result = RLMResult(
+        answer=answer,
+        stop_reason=reason,
+        iterations=len(trajectory.turns),
+        wall_time_s=time.perf_counter() - started,
+        usage=run.tree.budget.usage.model_copy(deep=True),
+        trajectory=trajectory,
+        isolation=[] if session is None else list(session.isolation_layers),
+        error=error,
+    )
+    run.result = result
+    run.emit(RunFinished, result=result)
+    run.log.info("rlm.run_finished", stop_reason=reason, iterations=result.iterations)
+    return result
+
+
+# --- turns ---------------------------------------------------------------------------------
+
+
+async def _turns(run: _Run, messages: list[ChatMessage]) -> tuple[str | None, StopReason]:
+    """The turn loop; returns the answer and why the run ended."""
+    for iteration in range(1, run.tree.budget.max_iterations + 1):
+        run.tree.budget.charge_call()  # a turn the budget forbids does not start
+        run.emit(TurnStarted, iteration=iteration)
+        response = await _ask(run, run.model, messages, "turn")
+        parsed = proto.parse_reply(response.text)
+        cells, code_answer = await _run_cells(run, iteration, parsed.code_blocks)
+        answer: str | None = None
+        reason: StopReason = "final_var"
+        feedback: str | None = None
+        if code_answer is not None:
+            answer = code_answer
+        elif parsed.final is not None and parsed.final.kind == "var":
+            repl = await run.repl.get()
+            answer = await repl.get_variable(parsed.final.value)
+            if answer is None:
+                variables = await repl.list_variables()
+                feedback = proto.unknown_variable_feedback(parsed.final.value, variables)
+        elif parsed.final is not None:
+            answer, reason = parsed.final.value, "final_answer"
+        if answer is not None:
+            run.emit(TurnFinished, iteration=iteration, final_answer=answer)
+            return answer, reason
+        if feedback is None:
+            feedback = (
+                proto.format_cell_feedback(
+                    [_cell_view(c) for c in cells],
+                    parsed.problems,
+                    limit=run.tree.settings.repl.output_limit,
+                )
+                if cells
+                else proto.no_code_reminder(parsed.problems)
+            )
+        run.emit(TurnFinished, iteration=iteration, feedback=feedback)
+        messages.append(ChatMessage(role="assistant", content=response.text))
+        messages.append(ChatMessage(role="user", content=feedback))
+    return await _final_call(run, messages), "max_iterations"
+
+
+async def _run_cells(
+    run: _Run, iteration: int, blocks: Sequence[str]
+) -> tuple[list[CellResult], str | None]:
+    """Run a reply's blocks in order, until one gives a final answer."""
+    results: list[CellResult] = []
+    if not blocks:
+        return results, None
+    repl = await run.repl.get()
+    for index, code in enumerate(blocks):
+        run.emit(CellStarted, iteration=iteration, cell=index, code=code)
+        result = await repl.run_cell(code)
+        results.append(result)
+        error = result.error
+        run.emit(
+            CellFinished,
+            iteration=iteration,
+            cell=index,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error_type=None if error is None else error.type,
+            error=None if error is None else _error_text(error),
+            duration_s=result.duration_s,
+            restarted=result.restarted,
+            timed_out=result.timed_out,
+            final_answer=result.final_answer,
+            notice=result.notice,
+        )
+        if result.restarted:
+            reason = "the worker was restarted" if error is None else _error_text(error)
+            run.emit(WorkerRestarted, reason=reason)
+        if result.final_answer is not None:
+            return results, result.final_answer
+    return results, None
+
+
+async def _final_call(run: _Run, messages: list[ChatMessage]) -> str | None:
+    """The iteration limit was reached: one last call for the best answer."""
+    iteration = run.tree.budget.max_iterations + 1
+    run.tree.budget.charge_call()
+    run.emit(TurnStarted, iteration=iteration)
+    final_messages = [*messages, ChatMessage(role="user", content=proto.final_call_prompt())]
+    response = await _ask(run, run.model, final_messages, "final")
+    parsed = proto.parse_reply(response.text)
+    answer: str | None
+    if parsed.final is not None and parsed.final.kind == "var":
+        answer = await (await run.repl.get()).get_variable(parsed.final.value)
+    elif parsed.final is not None:
+        answer = parsed.final.value
+    else:
+        answer = response.text.strip() or None
+    run.emit(TurnFinished, iteration=iteration, final_answer=answer)
+    return answer
+
+
+async def _ask(
+    run: _Run,
+    model: str,
+    messages: list[ChatMessage],
+    purpose: Literal["turn", "final", "sub_call"],
+) -> CompletionResponse:
+    """One model call, charged to the budget and observed by ``run``."""
+    tree = run.tree
+    tree.budget.charge_call()
+    run.emit(ModelRequest, model=model, messages=len(messages), purpose=purpose)
+    request = CompletionRequest(
+        model=model,
+        messages=messages,
+        temperature=tree.settings.temperature,
+        max_tokens=tree.settings.max_tokens,
+    )
+    token = current_observer.set(run)
+    try:
+        response = await tree.settings.provider.acomplete(request)
+    finally:
+        current_observer.reset(token)
+    cost = tree.budget.record(model, response)
+    if cost != response.usage.cost:  # priced from the user's table
+        usage = response.usage.model_copy(update={"cost": cost})
+        response = response.model_copy(update={"usage": usage})
+    run.emit(
+        ModelResponse,
+        model=model,
+        text=response.text,
+        latency_s=response.latency_s,
+        prompt_tokens=response.usage.prompt_tokens,
+        completion_tokens=response.usage.completion_tokens,
+        cost=response.usage.cost,
+        purpose=purpose,
+    )
+    return response
+
+
+# --- sub-calls -----------------------------------------------------------------------------
+
+
+async def _sub_calls(run: _Run, request: SubCallRequest) -> list[str]:
+    """Serve one sub-call frame from the worker: every prompt, concurrently, in order."""
+    results = [""] * len(request.prompts)
+
+    async def one(i: int, prompt: str) -> None:
+        async with run.subcalls:
+            results[i] = await _sub_call(run, request.kind, prompt, request.model)
+
+    if len(request.prompts) == 1:
+        await one(0, request.prompts[0])
+    else:
+        async with anyio.create_task_group() as tg:
+            for i, prompt in enumerate(request.prompts):
+                tg.start_soon(one, i, prompt)
+    return results
+
+
+async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: str | None) -> str:
+    """One sub-call; a failure becomes an ``"Error: ..."`` answer, never the cell's failure."""
+    model = model or run.tree.settings.sub_model
+    call_id = uuid.uuid4().hex[:12]
+    run.emit(SubCallStarted, call_id=call_id, kind=kind, model=model, prompt=prompt)
+    started = time.perf_counter()
+    usage: dict[str, Any] = {}
+    response = ""
+    error: str | None = None
+    try:
+        if kind == "rlm" and run.tree.budget.can_recurse(run.depth):
+            child = _Run(run.tree, depth=run.depth + 1, parent=run.run_id, model=model)
+            run.emit(ChildRunStarted, call_id=call_id, child_run_id=child.run_id)
+            child_result = await _run(child, prompt, None)
+            if child_result.answer is None:
+                error = f"the child run ended without an answer ({child_result.stop_reason})"
+            response = child_result.answer or ""
+        else:
+            reply = await _ask(run, model, [ChatMessage(role="user", content=prompt)], "sub_call")
+            response = reply.text
+            usage = {
+                "prompt_tokens": reply.usage.prompt_tokens,
+                "completion_tokens": reply.usage.completion_tokens,
+                "cost": reply.usage.cost,
+            }
+    except LimitExceededError as err:
+        error = str(err)
+    except Exception as err:  # one failed sub-call never fails its siblings or the cell
+        error = f"{type(err).__name__}: {err}"
+        if not isinstance(err, RLMError):
+            run.log.warning("rlm.sub_call_failed", error=error, model=model)
+    if error is not None:
+        response = f"Error: {error}"
+    run.emit(
+        SubCallFinished,
+        call_id=call_id,
+        kind=kind,
+        model=model,
+        response=response,
+        error=error,
+        duration_s=time.perf_counter() - started,
+        **usage,
+    )
+    return response
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    """Let one error out of a task group as itself, not wrapped in an exception group."""
+    inner: BaseException | None = None
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+    if inner is not None:
+        raise inner
+
+
+def _error_text(error: Any) -> str:
+    text = f"{error.type}: {error.message}"
+    if error.traceback:
+        text = (
+            f"{error.traceback.rstrip()}\n{text}"
+            if error.type not in error.traceback
+            else error.traceback
+        )
+    return text
+
+
+def _cell_view(cell: CellResult) -> dict[str, Any]:
+    return {
+        "notice": cell.notice,
+        "stdout": cell.stdout,
+        "stderr": cell.stderr,
+        "error": None if cell.error is None else _error_text(cell.error),
+        "restarted": cell.restarted,
+    }
