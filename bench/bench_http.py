@@ -1,12 +1,15 @@
-"""CPU per request of the HTTP paths a provider can take, 32 requests at a time.
+"""CPU per provider call on each HTTP transport a provider's client could use, 32 at a time.
 
 Against a fake OpenAI-compatible server in a child process on 127.0.0.1 (200 ms latency, so
-all 32 requests are in flight together), it measures this process's CPU time per request for:
+all 32 requests are in flight together), it measures this process's CPU time per
+``OpenAICompatibleProvider.acomplete`` call (encoding, the HTTP exchange, parsing and the reply
+model) when the provider's ``httpx.AsyncClient`` sends through:
 
-* ``httpx client``: ``httpx.AsyncClient.post`` on httpx's default transport (httpcore's pool);
-* ``pool transport``: ``AsyncClient.post`` on :class:`PoolTransport` (httpcore connections);
-* ``provider``: ``OpenAICompatibleProvider.acomplete`` as shipped (its lean transport, called
-  directly, plus retries, parsing and the reply model).
+* ``lean (shipped)``: the client the provider builds itself, on its lean h11 transport;
+* ``httpx pool``: an ``httpx.AsyncClient()`` passed in, on httpx's default transport (httpcore's
+  connection pool);
+* ``httpx-aiohttp``: an ``httpx.AsyncClient`` on ``httpx_aiohttp.AiohttpTransport`` (asyncio
+  only), when that package is installed: ``uv run --with httpx-aiohttp python bench/bench_http.py``.
 
     uv run python bench/bench_http.py              # small prompts
     uv run python bench/bench_http.py --kb 120     # 120 kB prompts, as in the fan-out bench
@@ -15,64 +18,65 @@ all 32 requests are in flight together), it measures this process's CPU time per
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
 from _common import model_server
 
 from rlm_sdk import CompletionRequest, OpenAICompatibleProvider
-from rlm_sdk.providers._pool import PoolTransport
 
 CONCURRENCY = 32
 
 
+def _clients() -> dict[str, httpx.AsyncClient | None]:
+    """Each path by name: the client passed to the provider (None: the provider's own)."""
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+    clients: dict[str, httpx.AsyncClient | None] = {
+        "lean (shipped)": None,
+        "httpx pool": httpx.AsyncClient(limits=limits),
+    }
+    if importlib.util.find_spec("httpx_aiohttp") is not None:
+        import httpx_aiohttp
+
+        clients["httpx-aiohttp"] = httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport())
+    return clients
+
+
 async def main(args: argparse.Namespace) -> None:
     text = "q\nember " + "lorem ipsum dolor sit amet\n" * (args.kb * 1024 // 27)
-    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    content = json.dumps(body).encode()
-    headers = {"content-type": "application/json"}
+    request = CompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": text}]}
+    )
     with model_server("fanout", 0.2) as url:
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
-        default = httpx.AsyncClient(limits=limits)
-        pooled = httpx.AsyncClient(transport=PoolTransport(max_idle=1024))
-        provider = OpenAICompatibleProvider(base_url=url, api_key="bench", max_in_flight=1024)
-        request = CompletionRequest.model_validate(body)
-
-        async def post(client: httpx.AsyncClient) -> None:
-            response = await client.post(
-                url + "/chat/completions", content=content, headers=headers
+        clients = _clients()
+        providers = {
+            name: OpenAICompatibleProvider(
+                base_url=url, api_key="bench", max_in_flight=1024, http_client=client
             )
-            response.json()
-
-        async def provider_call() -> None:
-            await provider.acomplete(request)
-
-        paths: dict[str, Callable[[], Awaitable[None]]] = {
-            "httpx client": lambda: post(default),
-            "pool transport": lambda: post(pooled),
-            "provider": provider_call,
+            for name, client in clients.items()
         }
-        cpu: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in providers}
         for round_ in range(args.repeat + 1):
-            for name, call in paths.items():
+            for name, provider in providers.items():
                 started = time.process_time()
                 async with anyio.create_task_group() as tg:
                     for _ in range(CONCURRENCY):
-                        tg.start_soon(call)
+                        tg.start_soon(provider.acomplete, request)
                 if round_:  # the first round opens the connections
                     cpu[name].append((time.process_time() - started) / CONCURRENCY)
-        await default.aclose()
-        await pooled.aclose()
-        await provider.aclose()
-    base = statistics.median(cpu["httpx client"])
-    print(f"{CONCURRENCY} concurrent requests, {len(content) / 1024:.0f} kB bodies")
+        for provider in providers.values():
+            await provider.aclose()
+        for client in clients.values():
+            if client is not None:
+                await client.aclose()
+    base = statistics.median(cpu["lean (shipped)"])
+    print(f"{CONCURRENCY} concurrent provider calls, {len(text) / 1024:.0f} kB prompts")
     for name, values in cpu.items():
         m = statistics.median(values)
-        print(f"  {name:15} {m * 1000:.3f} ms CPU per request ({m / base:.2f}x the httpx client)")
+        print(f"  {name:15} {m * 1000:.3f} ms CPU per call ({m / base:.2f}x the shipped path)")
 
 
 if __name__ == "__main__":

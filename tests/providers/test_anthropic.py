@@ -19,7 +19,7 @@ from rlm_sdk._exceptions import (
     InternalServerError,
 )
 from rlm_sdk.providers import AnthropicProvider, ChatMessage, CompletionRequest, Provider
-from tests.providers.helpers import chat, sent
+from tests.providers.helpers import chat, mock_api, sent
 
 KEY = "sk-ant-test-secret"
 PROXY_URL = "http://127.0.0.1:8001/v1"
@@ -47,7 +47,7 @@ OK_BODY = {
 @pytest.fixture
 def anthropic_api() -> Iterator[respx.MockRouter]:
     """respx in place of the Anthropic API."""
-    with respx.mock(base_url=DEFAULT_ANTHROPIC_BASE_URL, assert_all_called=False) as router:
+    with mock_api(DEFAULT_ANTHROPIC_BASE_URL) as router:
         yield router
 
 
@@ -75,6 +75,8 @@ async def test_request_sent(anthropic_api: respx.MockRouter) -> None:
             "url": "https://api.anthropic.com/v1/messages",
             "headers": {
                 "host": "api.anthropic.com",
+                "accept-encoding": "gzip, deflate",
+                "connection": "keep-alive",
                 "accept": "application/json",
                 "user-agent": IsStr(),
                 "anthropic-version": "2023-06-01",
@@ -179,13 +181,15 @@ async def test_authentication_error_names_the_variable(anthropic_api: respx.Mock
     assert KEY not in str(caught.value)
 
 
-async def test_overloaded_is_retried(anthropic_api: respx.MockRouter, sleeps: list[float]) -> None:
+async def test_overloaded_is_retried(
+    anthropic_api: respx.MockRouter, retry_delays: list[float]
+) -> None:
     """529 (overloaded) is retried like a 5xx, then raised as InternalServerError."""
     route = anthropic_api.post("/messages").respond(529, json={"type": "error"})
     async with AnthropicProvider(api_key=KEY, max_retries=1) as provider:
         with pytest.raises(InternalServerError):
             await provider.acomplete(chat())
-    assert (route.call_count, len(sleeps)) == (2, 1)
+    assert (route.call_count, len(retry_delays)) == (2, 1)
 
 
 def test_missing_key() -> None:
@@ -218,7 +222,7 @@ async def test_env_precedence(
         Path(".env").write_text(
             "ANTHROPIC_BASE_URL=http://127.0.0.1:3/v1\nANTHROPIC_API_KEY=k-file\n"
         )
-    with respx.mock(base_url=expected_url) as router:
+    with mock_api(expected_url) as router:
         route = router.post("/messages").respond(json=OK_BODY)
         async with AnthropicProvider() as provider:
             await provider.acomplete(chat())

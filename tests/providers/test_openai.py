@@ -14,8 +14,7 @@ from inline_snapshot import snapshot
 from rlm_sdk._constants import DEFAULT_OPENAI_BASE_URL
 from rlm_sdk._exceptions import APIResponseError, ConfigurationError
 from rlm_sdk.providers import ChatMessage, CompletionRequest, OpenAICompatibleProvider, Provider
-from rlm_sdk.providers._pool import LeanTransport
-from tests.providers.helpers import LOCAL_URL, chat, sent
+from tests.providers.helpers import LOCAL_URL, chat, mock_api, sent
 
 KEY = "sk-test-secret-123"
 
@@ -42,7 +41,7 @@ async def test_request_sent_to_openai() -> None:
         stop=["END"],
         extra_body={"reasoning_effort": "low", "temperature": 0.0},
     )
-    with respx.mock(base_url=DEFAULT_OPENAI_BASE_URL) as router:
+    with mock_api(DEFAULT_OPENAI_BASE_URL) as router:
         route = router.post("/chat/completions").respond(json=OK_BODY)
         async with OpenAICompatibleProvider(
             api_key=KEY, default_headers={"x-team": "a"}
@@ -54,6 +53,8 @@ async def test_request_sent_to_openai() -> None:
             "url": "https://api.openai.com/v1/chat/completions",
             "headers": {
                 "host": "api.openai.com",
+                "accept-encoding": "gzip, deflate",
+                "connection": "keep-alive",
                 "accept": "application/json",
                 "user-agent": IsStr(),
                 "authorization": "Bearer sk-test-secret-123",
@@ -87,6 +88,8 @@ async def test_request_sent_to_local_server(local_api: respx.MockRouter) -> None
             "url": "http://127.0.0.1:8000/v1/chat/completions",
             "headers": {
                 "host": "127.0.0.1:8000",
+                "accept-encoding": "gzip, deflate",
+                "connection": "keep-alive",
                 "accept": "application/json",
                 "user-agent": IsStr(),
                 "content-length": "72",
@@ -270,7 +273,7 @@ async def test_api_key_precedence(
     if env:
         monkeypatch.setenv("OPENAI_API_KEY", env)
     Path(".env").write_text(f"OPENAI_API_KEY={dotenv}\n")
-    with respx.mock(base_url=DEFAULT_OPENAI_BASE_URL) as router:
+    with mock_api(DEFAULT_OPENAI_BASE_URL) as router:
         route = router.post("/chat/completions").respond(json=OK_BODY)
         async with OpenAICompatibleProvider(api_key=argument) as provider:
             await provider.acomplete(chat())
@@ -320,18 +323,18 @@ async def test_given_client_is_used_and_not_closed(local_api: respx.MockRouter) 
         assert local_api.calls.call_count == 1
 
 
-async def test_own_transport_closed_idempotently_and_remade(local_api: respx.MockRouter) -> None:
-    """aclose closes the connections the provider made, twice is fine, a later call reopens."""
+async def test_own_client_closed_idempotently_and_remade(local_api: respx.MockRouter) -> None:
+    """aclose closes the client the provider made, twice is fine, a later call makes a new one."""
     local_api.post("/chat/completions").respond(json=OK_BODY)
     provider = OpenAICompatibleProvider(base_url=LOCAL_URL)
     await provider.acomplete(chat())
-    transport = provider._own_transport
-    assert isinstance(transport, LeanTransport)
+    client = provider._own_client
+    assert client is not None
     await provider.aclose()
     await provider.aclose()
-    assert transport.is_closed
+    assert client.is_closed
     await provider.acomplete(chat())
-    assert provider._own_transport is not transport
+    assert provider._own_client not in (None, client)
     await provider.aclose()
 
 

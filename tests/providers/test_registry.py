@@ -6,7 +6,6 @@ from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
-import respx
 
 from rlm_sdk._constants import DEFAULT_OLLAMA_BASE_URL, DEFAULT_OPENAI_BASE_URL, ENTRY_POINT_GROUP
 from rlm_sdk._exceptions import ConfigurationError
@@ -19,7 +18,7 @@ from rlm_sdk.providers import (
     resolve_model,
 )
 from rlm_sdk.testing import ScriptedProvider
-from tests.providers.helpers import chat
+from tests.providers.helpers import chat, mock_api
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +72,7 @@ async def test_ollama_prefix_sends_no_key(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(provider, OpenAICompatibleProvider)
     assert (provider.base_url, name) == (DEFAULT_OLLAMA_BASE_URL, "qwen3:8b")
     body = {"choices": [{"message": {"content": "hi"}}]}
-    with respx.mock(base_url=DEFAULT_OLLAMA_BASE_URL) as router:
+    with mock_api(DEFAULT_OLLAMA_BASE_URL) as router:
         route = router.post("/chat/completions").respond(json=body)
         async with provider:
             await provider.acomplete(chat())

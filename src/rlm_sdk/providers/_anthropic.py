@@ -46,9 +46,10 @@ class AnthropicProvider(HTTPProvider):
         timeout: seconds for one attempt (connect, read, write).
         max_retries: retries after the first attempt, for errors that may pass.
         max_in_flight: requests in flight at once through this instance.
-        http_client: a client to send through (its transport, proxies, hooks); the provider
-            never closes it. Without one, requests go through the provider's own lean
-            HTTP/1.1 transport.
+        http_client: the ``httpx.AsyncClient`` to send through (its transport, proxies,
+            hooks); the provider never closes it. Without one, the provider makes its own, on
+            a lean HTTP/1.1 transport (or httpx's, through the proxy that ``HTTPS_PROXY`` /
+            ``HTTP_PROXY`` name for ``base_url``), and :meth:`aclose` closes it.
         default_headers: sent with every request, after (and over) the provider's own, e.g.
             ``anthropic-beta``.
 

@@ -3,9 +3,13 @@
 A provider module says *what* goes over the wire (a request as JSON, a JSON body back as a
 reply). This module owns *how* it gets there, so that every provider behaves alike:
 
-* the connection: an ``httpx.AsyncClient`` passed in is used and never closed; without one,
-  requests go straight to the provider's own transport (:mod:`._pool`), which
-  :meth:`HTTPProvider.aclose` closes (idempotent; ``async with provider:`` works too);
+* the connection: every request goes through one ``httpx.AsyncClient``. One passed in is used
+  as it is and never closed. Without one, the provider builds its own on first use, inside the
+  event loop (and again if a later call runs in another loop, as each sync call does, since
+  connections belong to one loop), on :class:`._transport.LeanTransport`; or, when the
+  environment sends the provider's URL through a proxy, on httpx's transport for that proxy
+  (logged once per client as ``rlm.http_proxy``). :meth:`HTTPProvider.aclose` closes only that
+  client (idempotent; ``async with provider:`` works too);
 * the body: JSON encoded by :func:`._json.encode_json` once a slot is free;
 * a bound on requests in flight per instance, shared by every run using the instance;
 * retries (tenacity, private): connection errors, timeouts, 408, 409, 429 and 5xx. A server's
@@ -62,18 +66,13 @@ from rlm_sdk._logging import get_logger
 from rlm_sdk._observe import notify_request_sent, notify_retry
 
 from ._json import encode_json
-from ._pool import make_transport
+from ._transport import LeanTransport, environment_proxy
 from ._types import CompletionRequest, CompletionResponse
 
 __all__ = ["HTTPProvider"]
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _USER_AGENT = f"rlm-sdk/{VERSION}"
-
-
-async def _sleep(seconds: float) -> None:
-    """Wait between attempts. A module-private hook: tests replace it to make backoff instant."""
-    await anyio.sleep(seconds)
 
 
 def _is_retryable(response: httpx.Response) -> bool:
@@ -158,9 +157,17 @@ def _describe(err: Exception) -> str:
 
 
 async def _trace(event: str, info: dict[str, Any]) -> None:
-    """httpcore's trace hook: report when the request body is on the wire."""
+    """The ``trace`` hook (httpcore's, honoured by the lean transport too): report when the
+    request body is on the wire."""
     if event.endswith("send_request_body.complete"):
         notify_request_sent()
+
+
+_EXTENSIONS = {"trace": _trace}
+
+
+def _current_loop() -> object:
+    return anyio.lowlevel.current_token().native_token
 
 
 class HTTPProvider(ABC):
@@ -224,14 +231,11 @@ class HTTPProvider(ABC):
         self._httpx_timeout = httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT))
         self._given_client = http_client
         self._url = httpx.URL(base_url + self._path)
-        self._extensions = {"timeout": self._httpx_timeout.as_dict(), "trace": _trace}
-        # Without a client given, requests go straight to a transport of the provider's own
-        # (an httpx client adds about 0.2 ms of CPU per request, for features unused here).
         # Made on first use, inside an event loop; remade if a later call runs in another loop
-        # (each sync call runs its own), since connections belong to one loop.
-        self._own_transport: httpx.AsyncBaseTransport | None = None
-        self._loop: object = None
+        # (each sync call runs its own), since connections and limiters belong to one loop.
+        self._own_client: httpx.AsyncClient | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._loop: object = None
 
     def __repr__(self) -> str:
         return (
@@ -251,13 +255,14 @@ class HTTPProvider(ABC):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections this provider made (never a client passed in); idempotent.
+        """Close the client this provider made (never one passed in); idempotent.
 
-        The provider stays usable: a later call opens new ones.
+        The provider stays usable: a later call makes a new client. A client made in an event
+        loop that has since ended is dropped rather than closed: its sockets died with it.
         """
-        transport, self._own_transport = self._own_transport, None
-        if transport is not None:
-            await transport.aclose()
+        client, self._own_client = self._own_client, None
+        if client is not None and self._loop is _current_loop():
+            await client.aclose()
 
     async def acomplete(self, request: CompletionRequest) -> CompletionResponse:
         """Send one request, with retries, and return the reply.
@@ -291,17 +296,31 @@ class HTTPProvider(ABC):
 
     # --- sending ---------------------------------------------------------------------------
 
-    def _transport(self) -> httpx.AsyncBaseTransport:
-        loop = anyio.lowlevel.current_token().native_token
-        if self._own_transport is None or self._loop is not loop:
-            self._own_transport = make_transport(self.max_in_flight)
-            self._loop = loop
-        return self._own_transport
-
-    def _in_flight(self) -> anyio.CapacityLimiter:
-        if self._limiter is None:
+    def _client(self) -> tuple[httpx.AsyncClient, anyio.CapacityLimiter]:
+        """The client to send through and the bound on requests in flight, for this loop."""
+        loop = _current_loop()
+        if self._limiter is None or self._loop is not loop:
             self._limiter = anyio.CapacityLimiter(self.max_in_flight)
-        return self._limiter
+            self._own_client = None
+            self._loop = loop
+        if self._given_client is not None:
+            return self._given_client, self._limiter
+        if self._own_client is None:
+            self._own_client = self._make_client()
+        return self._own_client, self._limiter
+
+    def _make_client(self) -> httpx.AsyncClient:
+        """The provider's own client: on the lean transport, or on httpx's through the proxy
+        that the environment names for the provider's URL (said once, in the log)."""
+        proxy = environment_proxy(self._url)
+        if proxy is None:
+            return httpx.AsyncClient(transport=LeanTransport(max_idle=self.max_in_flight))
+        shown = str(httpx.URL(proxy).copy_with(userinfo=b""))  # never the credentials
+        get_logger(provider=self.name).info("rlm.http_proxy", proxy=shown)
+        limits = httpx.Limits(
+            max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
+        )
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(proxy=proxy, limits=limits))
 
     async def _send(self, body: dict[str, Any]) -> httpx.Response:
         """POST ``body``, retrying what may succeed later; return a 2xx response or raise."""
@@ -341,7 +360,7 @@ class HTTPProvider(ABC):
             retry=retry_if_exception_type(APIConnectionError) | retry_if_result(_is_retryable),
             wait=_wait,
             before_sleep=self._log_retry,
-            sleep=_sleep,
+            sleep=anyio.sleep,
             retry_error_callback=_last_outcome,
         )
         response: httpx.Response = await retrying(attempt)
@@ -350,28 +369,17 @@ class HTTPProvider(ABC):
         return response
 
     async def _attempt(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
-        """One POST; the body is read in full (the connection goes back to the pool) or closed."""
+        """One POST, its response read in full (the connection goes back to the pool)."""
+        client, in_flight = self._client()
         try:
-            async with self._in_flight():
-                content = encode_json(body)
-                if self._given_client is not None:
-                    return await self._given_client.post(
-                        self._url,
-                        content=content,
-                        headers=headers,
-                        timeout=self._httpx_timeout,
-                        extensions={"trace": _trace},
-                    )
-                request = httpx.Request(
-                    "POST", self._url, headers=headers, content=content, extensions=self._extensions
+            async with in_flight:
+                return await client.post(
+                    self._url,
+                    content=encode_json(body),
+                    headers=headers,
+                    timeout=self._httpx_timeout,
+                    extensions=_EXTENSIONS,
                 )
-                response = await self._transport().handle_async_request(request)
-                response.request = request
-                try:
-                    await response.aread()  # a no-op for LeanTransport, which has read it
-                finally:
-                    await response.aclose()
-                return response
         except httpx.TimeoutException as err:
             raise APITimeoutError(
                 f"{self.name} did not answer within {self.timeout} s ({type(err).__name__})",

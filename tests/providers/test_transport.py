@@ -1,4 +1,5 @@
-"""PoolTransport over real loopback sockets: reuse, concurrency, stale and broken connections."""
+"""LeanTransport over real loopback sockets (reuse, concurrency, stale and broken connections,
+TLS), and which proxy the environment names for a URL."""
 
 from __future__ import annotations
 
@@ -8,27 +9,16 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
-import respx
 
-from rlm_sdk.providers import OpenAICompatibleProvider
-from rlm_sdk.providers._pool import LeanTransport, PoolTransport, make_transport
+from rlm_sdk.providers._transport import LeanTransport, environment_proxy
 from rlm_sdk.testing import FakeChatServer
-from tests.providers.helpers import chat
-
-pytestmark = pytest.mark.integration
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture(params=[LeanTransport, PoolTransport])
-def make(request: pytest.FixtureRequest) -> type[LeanTransport] | type[PoolTransport]:
-    """Each test runs against both transports."""
-    kind: type[LeanTransport] | type[PoolTransport] = request.param
-    return kind
-
-
 @pytest.fixture
 def server() -> Iterator[FakeChatServer]:
+    """A fake server that answers each message with its own text."""
     with FakeChatServer(reply=lambda body: body["messages"][-1]["content"]) as server:
         yield server
 
@@ -41,10 +31,10 @@ async def _post(client: httpx.AsyncClient, url: str, text: str = "hi") -> str:
     return content
 
 
-async def test_sequential_requests_reuse_one_connection(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
-) -> None:
-    transport = make()
+@pytest.mark.integration
+async def test_sequential_requests_reuse_one_connection(server: FakeChatServer) -> None:
+    """Requests one after another share one kept-alive connection."""
+    transport = LeanTransport()
     async with httpx.AsyncClient(transport=transport) as client:
         for i in range(5):
             assert await _post(client, server.base_url, f"n{i}") == f"n{i}"
@@ -52,12 +42,13 @@ async def test_sequential_requests_reuse_one_connection(
     assert server.total_connections == 1
 
 
+@pytest.mark.integration
 async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
-    make: type[LeanTransport] | type[PoolTransport],
     server: FakeChatServer,
 ) -> None:
+    """20 overlapping requests open 20 connections, the next 20 reuse them, closing closes all."""
     server.latency = 0.05  # all 20 overlap
-    transport = make()
+    transport = LeanTransport()
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(2):
             answers: list[str] = []
@@ -76,11 +67,11 @@ async def test_concurrent_requests_open_one_connection_each_then_reuse_them(
             await anyio.sleep(0.01)
 
 
-async def test_idle_connections_beyond_max_idle_are_closed(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
-) -> None:
+@pytest.mark.integration
+async def test_idle_connections_beyond_max_idle_are_closed(server: FakeChatServer) -> None:
+    """Only max_idle connections are kept once the requests are done."""
     server.latency = 0.05
-    transport = make(max_idle=3)
+    transport = LeanTransport(max_idle=3)
     async with httpx.AsyncClient(transport=transport) as client:
         async with anyio.create_task_group() as tg:
             for _ in range(8):
@@ -88,9 +79,8 @@ async def test_idle_connections_beyond_max_idle_are_closed(
         assert transport.connections == 3
 
 
-async def test_a_connection_the_server_closed_is_not_reused(
-    make: type[LeanTransport] | type[PoolTransport],
-) -> None:
+@pytest.mark.integration
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
     """A server that closes after each reply: every request gets a fresh, working connection."""
     served = 0
 
@@ -110,7 +100,7 @@ async def test_a_connection_the_server_closed_is_not_reused(
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    transport = make()
+    transport = LeanTransport()
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         async with httpx.AsyncClient(transport=transport) as client:
@@ -122,12 +112,13 @@ async def test_a_connection_the_server_closed_is_not_reused(
     assert served == 3
 
 
+@pytest.mark.integration
 async def test_a_cut_body_is_a_read_error_and_the_connection_is_dropped(
-    make: type[LeanTransport] | type[PoolTransport],
     server: FakeChatServer,
 ) -> None:
+    """A body cut off mid-way raises RemoteProtocolError and its connection is not reused."""
     server.truncate_next()
-    transport = make()
+    transport = LeanTransport()
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await _post(client, server.base_url)
@@ -136,22 +127,22 @@ async def test_a_cut_body_is_a_read_error_and_the_connection_is_dropped(
         assert transport.connections == 1
 
 
-async def test_connection_refused_is_httpx_connect_error(
-    make: type[LeanTransport] | type[PoolTransport],
-) -> None:
+@pytest.mark.integration
+async def test_connection_refused_is_httpx_connect_error() -> None:
+    """Nothing listening is httpx.ConnectError, as httpx's own transport says."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()  # nothing listens there now
-    async with httpx.AsyncClient(transport=make()) as client:
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{port}/")
 
 
-async def test_cancelling_a_request_drops_its_connection(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
-) -> None:
+@pytest.mark.integration
+async def test_cancelling_a_request_drops_its_connection(server: FakeChatServer) -> None:
+    """A request cancelled mid-exchange closes its connection rather than pooling it."""
     server.latency = 0.6  # the server notices the close when it answers
-    transport = make()
+    transport = LeanTransport()
     async with httpx.AsyncClient(transport=transport) as client:
         with anyio.move_on_after(0.2):
             await _post(client, server.base_url)
@@ -161,60 +152,47 @@ async def test_cancelling_a_request_drops_its_connection(
             await anyio.sleep(0.01)
 
 
-async def test_closed_transport_refuses_requests(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
-) -> None:
-    transport = make()
-    client = httpx.AsyncClient(transport=transport)
-    await _post(client, server.base_url)
-    await client.aclose()
-    assert transport.connections == 0
-    with pytest.raises(RuntimeError, match="closed"):
+@pytest.mark.integration
+async def test_closed_transport_refuses_requests(server: FakeChatServer) -> None:
+    """A closed transport has no connections left and refuses to send."""
+    transport = LeanTransport()
+    async with httpx.AsyncClient(transport=transport) as client:
         await _post(client, server.base_url)
+        await transport.aclose()
+        await transport.aclose()  # idempotent
+        assert transport.connections == 0
+        with pytest.raises(RuntimeError, match="the transport is closed"):
+            await _post(client, server.base_url)
 
 
-async def test_the_request_sent_trace_still_fires(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
+@pytest.mark.integration
+async def test_the_request_sent_trace_fires_once_the_body_is_written(
+    server: FakeChatServer,
 ) -> None:
-    events: list[str] = []
+    """httpcore's ``send_request_body.complete`` trace event comes when the request is out,
+    well before the reply (the orchestrator starts the REPL worker on it)."""
+    server.latency = 0.3
+    events: list[tuple[str, float]] = []
 
     async def trace(event: str, info: dict[str, object]) -> None:
-        events.append(event)
+        events.append((event, anyio.current_time()))
 
-    async with httpx.AsyncClient(transport=make()) as client:
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
         response = await client.post(
             server.base_url + "/chat/completions", json=BODY, extensions={"trace": trace}
         )
+    answered = anyio.current_time()
     assert response.status_code == 200
-    assert "http11.send_request_body.complete" in events
+    [(event, sent_at)] = events
+    assert event == "http11.send_request_body.complete"
+    assert answered - sent_at > 0.2
 
 
-async def test_respx_default_mocks_still_intercept_the_provider() -> None:
-    """Users mock the SDK's HTTP with plain respx; nothing may reach the network."""
-    url = "http://127.0.0.1:9/v1"  # the discard port: a real request would fail
-    with respx.mock(base_url=url) as router:
-        router.post("/chat/completions").respond(
-            json={"choices": [{"message": {"content": "mocked"}}], "model": "m"}
-        )
-        async with OpenAICompatibleProvider(base_url=url) as provider:
-            reply = await provider.acomplete(chat("x"))
-    assert reply.text == "mocked"
-
-
-def test_a_configured_proxy_falls_back_to_httpx_default_transport(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert isinstance(make_transport(8), LeanTransport)
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    assert isinstance(make_transport(8), httpx.AsyncHTTPTransport)
-
-
-async def test_a_body_bigger_than_the_socket_buffer_goes_out_whole(
-    make: type[LeanTransport] | type[PoolTransport], server: FakeChatServer
-) -> None:
+@pytest.mark.integration
+async def test_a_body_bigger_than_the_socket_buffer_goes_out_whole(server: FakeChatServer) -> None:
     """8 MB cannot go into the socket at once: the rest follows through the event loop."""
     text = "x" * (8 * 1024 * 1024)
-    async with httpx.AsyncClient(transport=make()) as client:
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
         assert await _post(client, server.base_url, text) == text
     assert server.requests[-1].json["messages"][0]["content"] == text
 
@@ -295,8 +273,8 @@ def https_url(tls_files: tuple[str, str]) -> Iterator[tuple[str, set[int]]]:
         server.server_close()
 
 
+@pytest.mark.integration
 async def test_https_with_a_trusted_certificate(
-    make: type[LeanTransport] | type[PoolTransport],
     tls_files: tuple[str, str],
     https_url: tuple[str, set[int]],
 ) -> None:
@@ -305,7 +283,7 @@ async def test_https_with_a_trusted_certificate(
     import ssl
 
     trusted = ssl.create_default_context(cafile=tls_files[0])
-    async with httpx.AsyncClient(transport=make(verify=trusted)) as client:
+    async with httpx.AsyncClient(transport=LeanTransport(verify=trusted)) as client:
         for i in range(3):
             response = await client.post(
                 url + "/v1/chat/completions",
@@ -315,18 +293,17 @@ async def test_https_with_a_trusted_certificate(
     assert len(ports) == 1
 
 
-async def test_https_refuses_an_unknown_certificate(
-    make: type[LeanTransport] | type[PoolTransport], https_url: tuple[str, set[int]]
-) -> None:
+@pytest.mark.integration
+async def test_https_refuses_an_unknown_certificate(https_url: tuple[str, set[int]]) -> None:
+    """A certificate no trusted authority signed fails the connection."""
     url, _ = https_url
-    async with httpx.AsyncClient(transport=make()) as client:
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.post(url + "/v1/chat/completions", json=BODY)
 
 
-async def test_a_chunked_response_is_read_whole(
-    make: type[LeanTransport] | type[PoolTransport],
-) -> None:
+@pytest.mark.integration
+async def test_a_chunked_response_is_read_whole() -> None:
     """Transfer-Encoding: chunked, as some servers stream a JSON body: it arrives joined."""
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
@@ -346,7 +323,59 @@ async def test_a_chunked_response_is_read_whole(
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
-        async with httpx.AsyncClient(transport=make()) as client:
+        async with httpx.AsyncClient(transport=LeanTransport()) as client:
             response = await client.get(f"http://127.0.0.1:{port}/")
             assert response.json() == {"a": "b"}
         tg.cancel_scope.cancel()
+
+
+# --- environment_proxy ------------------------------------------------------------------------
+
+PROXY = "http://127.0.0.1:3128"
+
+
+@pytest.mark.parametrize(
+    ("env", "url", "expected"),
+    [
+        pytest.param({}, "https://api.openai.com/v1", None, id="none-set"),
+        pytest.param(
+            {"NO_PROXY": "127.0.0.1"}, "https://api.openai.com/v1", None, id="no-proxy-alone"
+        ),
+        pytest.param({"HTTPS_PROXY": PROXY}, "https://api.openai.com/v1", PROXY, id="https"),
+        pytest.param({"https_proxy": PROXY}, "https://api.openai.com/v1", PROXY, id="lower-case"),
+        pytest.param({"HTTPS_PROXY": PROXY}, "http://127.0.0.1:8000/v1", None, id="other-scheme"),
+        pytest.param({"HTTP_PROXY": PROXY}, "http://127.0.0.1:8000/v1", PROXY, id="http"),
+        pytest.param({"ALL_PROXY": PROXY}, "https://api.openai.com/v1", PROXY, id="all"),
+        pytest.param(
+            {"HTTPS_PROXY": "127.0.0.1:3128"}, "https://api.openai.com/v1", PROXY, id="no-scheme"
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": PROXY, "NO_PROXY": "openai.com"},
+            "https://api.openai.com/v1",
+            None,
+            id="exempt-domain",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": PROXY, "NO_PROXY": "localhost,127.0.0.1:8000"},
+            "http://127.0.0.1:8000/v1",
+            None,
+            id="exempt-host-and-port",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": PROXY, "NO_PROXY": "127.0.0.1:9000"},
+            "http://127.0.0.1:8000/v1",
+            PROXY,
+            id="other-port-not-exempt",
+        ),
+        pytest.param(
+            {"HTTPS_PROXY": PROXY, "NO_PROXY": "*"}, "https://api.openai.com/v1", None, id="star"
+        ),
+    ],
+)
+def test_environment_proxy(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, expected: str | None
+) -> None:
+    """The proxy named for a URL's scheme (or ALL_PROXY), unless NO_PROXY exempts its host."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert environment_proxy(httpx.URL(url)) == expected
