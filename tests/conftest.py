@@ -1,4 +1,5 @@
-"""Shared fixtures: every test runs hermetic (no provider keys, no RLM_* settings, no .env)."""
+"""Shared fixtures: every test runs hermetic (no provider keys, no RLM_* settings, no proxy,
+no .env)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ _PREFIXES = ("OPENAI_", "ANTHROPIC_", "RLM_", "OLLAMA_")
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Remove provider and SDK variables and run from an empty directory (no stray .env)."""
+    """Remove provider, SDK and proxy variables (a test sets the ones it needs) and run from an
+    empty directory (no stray .env)."""
     for name in list(os.environ):
-        if name.startswith(_PREFIXES):
+        if name.startswith(_PREFIXES) or name.lower().endswith("_proxy"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     yield

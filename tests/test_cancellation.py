@@ -5,38 +5,15 @@ from __future__ import annotations
 import gc
 import os
 import time
-from pathlib import Path
 
 import anyio
 import pytest
 
 from rlm_sdk import CompletionRequest, RecursiveLM
 from rlm_sdk.testing import ScriptedProvider
+from tests.helpers import descendants
 
 pytestmark = pytest.mark.integration
-
-
-def _descendants() -> set[int]:
-    """Pids of every live process below this one (zombies included)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(entry.name)] = int(fields[1])
-    me, found = os.getpid(), set()
-    for pid in parents:
-        p = pid
-        while p > 1 and p in parents:
-            p = parents[p]
-            if p == me:
-                found.add(pid)
-                break
-    return found
 
 
 def _open_fds() -> int:
@@ -52,7 +29,7 @@ def _slow_policy(request: CompletionRequest) -> str:
 
 async def _settle(baseline: set[int], timeout: float = 10.0) -> set[int]:
     deadline = time.monotonic() + timeout
-    while (left := _descendants() - baseline) and time.monotonic() < deadline:
+    while (left := descendants() - baseline) and time.monotonic() < deadline:
         await anyio.sleep(0.05)
     return left
 
@@ -60,7 +37,7 @@ async def _settle(baseline: set[int], timeout: float = 10.0) -> set[int]:
 async def test_cancelling_100_concurrent_runs_leaves_nothing_behind() -> None:
     """100 runs cancelled mid-cell return promptly; no worker, zombie or descriptor is left."""
     gc.collect()  # fork servers of RecursiveLMs other tests dropped are stopped by their finalizers
-    baseline, fds = _descendants(), _open_fds()
+    baseline, fds = descendants(), _open_fds()
     rlm = RecursiveLM("m", provider=ScriptedProvider(_slow_policy))
     started = time.monotonic()
     with anyio.move_on_after(3.0):
@@ -87,7 +64,7 @@ async def test_cancelling_a_recursive_run_kills_every_level() -> None:
             return "```repl\nimport time\ntime.sleep(30)\n```"
         return "```repl\nprint(rlm_query('go deeper'))\n```"
 
-    baseline = _descendants()
+    baseline = descendants()
     rlm = RecursiveLM("m", provider=ScriptedProvider(policy), max_depth=3)
     with anyio.move_on_after(2.0):
         await rlm.acomplete("ctx", "q")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,37 +22,17 @@ from rlm_sdk import (
 from rlm_sdk._observe import notify_request_sent
 from rlm_sdk.repl import ForkServer
 from rlm_sdk.testing import FakeChatServer, ScriptedProvider
+from tests.helpers import descendants
 
 from .test_orchestrator import code
 
 pytestmark = pytest.mark.integration
 
 
-def _descendants() -> set[int]:
-    """Pids of every live process below this one."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, me = set(), os.getpid()
-    for pid in parents:
-        p = pid
-        while p > 1 and p in parents:
-            p = parents[p]
-            if p == me:
-                found.add(pid)
-                break
-    return found
-
-
 async def _a_worker_appears(baseline: set[int], timeout: float = 5.0) -> bool:
     """Whether a REPL worker (and the fork server it came from) starts within ``timeout`` s."""
     with anyio.move_on_after(timeout):
-        while len(_descendants() - baseline) < 2:
+        while len(descendants() - baseline) < 2:
             await anyio.sleep(0.01)
         return True
     return False
@@ -62,7 +40,7 @@ async def _a_worker_appears(baseline: set[int], timeout: float = 5.0) -> bool:
 
 async def test_worker_starts_while_the_first_request_is_on_the_wire() -> None:
     """Over real HTTP, the worker is forked while the server still holds the first request."""
-    baseline = _descendants()
+    baseline = descendants()
     seen: list[bool] = []
 
     async def reply(body: dict[str, Any]) -> str:
@@ -81,7 +59,7 @@ async def test_worker_starts_while_the_first_request_is_on_the_wire() -> None:
 
 async def test_worker_starts_during_the_first_call_of_a_silent_provider() -> None:
     """A provider that never says its request left still gets the worker started while it thinks."""
-    baseline = _descendants()
+    baseline = descendants()
     seen: list[bool] = []
 
     async def reply(request: CompletionRequest) -> str:
@@ -218,7 +196,6 @@ async def test_names_with_a_colon_reach_the_server_whole_on_every_call(
     assert result.answer == "ok"
     assert len(server.requests) == 10
     assert models == {name}
-
 
 
 async def test_astream_of_a_failed_run_ends_with_its_result_then_raises() -> None:

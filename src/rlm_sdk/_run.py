@@ -260,12 +260,13 @@ async def _run(run: _Run, context: ContextData, query: str | None) -> RLMResult:
 
 def _why_stopped(run: _Run, exc: BaseException) -> tuple[StopReason, str]:
     """The stop reason and error text of a run that ended by an exception."""
-    spent = run.tree.budget.exhausted()
-    if isinstance(exc, LimitExceededError) or (
-        spent is not None and isinstance(exc, anyio.get_cancelled_exc_class())
-    ):
-        limit = exc if isinstance(exc, LimitExceededError) else spent
-        assert limit is not None
+    budget = run.tree.budget
+    limit: LimitExceededError | None = None
+    if isinstance(exc, LimitExceededError):
+        limit = exc
+    elif isinstance(exc, anyio.get_cancelled_exc_class()) and budget.out_of_time():
+        limit = budget.exhausted()  # the wall-time deadline cancelled the tree
+    if limit is not None:
         run.emit(LimitReached, limit=limit.limit, detail=str(limit))
         return "limit", str(limit)
     if isinstance(exc, Exception):

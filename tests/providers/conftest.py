@@ -1,8 +1,7 @@
-"""Fixtures for the provider tests: no proxy from the environment, fast backoff, a mocked API."""
+"""Fixtures for the provider tests: fast backoff, a mocked API."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,14 +10,6 @@ import respx
 
 from rlm_sdk.providers import _http
 from tests.providers.helpers import LOCAL_URL, captured_logs, mock_api
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Remove the proxy variables (``*_proxy``, any case): a test sets the ones it needs."""
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ let half-true combinations slip through; one phase does not:
 
 Every path that ends a worker goes through :meth:`Worker.stop`: kill the process group, then
 wait, shielded and bounded, for ``GONE`` (a worker handed to the fork server at close is
-reaped there, and ``GONE`` follows before the session's task group exits). :func:`supervise` is the task that owns a worker
-from spawn to ``GONE``: it sends the init frame, reads and validates frames (replies wake
+reaped there, and ``GONE`` follows before the session's task group exits).
+:func:`supervise` is the task that owns a worker from spawn to ``GONE``: it sends the init frame, reads and validates frames (replies wake
 their requests, sub-calls and tool calls go to the session), keeps the end of the worker's
 stderr, watches for its exit, and reaps it in a ``finally`` that no cancellation skips.
 """
