@@ -9,6 +9,8 @@ measured median to that path is the SDK's overhead.
     uv run python bench/bench_latency.py concurrent   # 20 runs at once, each answer checked
     uv run python bench/bench_latency.py batch        # 100 items at concurrency 32
     uv run python bench/bench_latency.py memory       # 32 runs over 10 MB contexts: peak RSS
+    uv run python bench/bench_latency.py niah --sync  # the same through the sync twins
+                                                      # (niah, fanout, batch: complete/batch)
 """
 
 from __future__ import annotations
@@ -197,6 +199,44 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def bench_sync(name: str, args: argparse.Namespace) -> None:
+    """``name``'s workload through the sync twins, each call on its own event loop."""
+    walls = []
+    if name == "batch":
+        items = [make_haystack(2_000, seed=1000 + i) for i in range(args.items)]
+        with model_server("niah", args.latency) as url:
+            rlm = _rlm(url)
+            for i in range(args.repeat + 1):
+                t0 = time.perf_counter()
+                results = rlm.batch(
+                    [(t, NIAH_QUERY) for t, _ in items], concurrency=args.concurrency
+                )
+                if i:
+                    walls.append(time.perf_counter() - t0)
+                assert all(r.answer == str(items[r.index][1]) for r in results)
+        waves = math.ceil(args.items / args.concurrency)
+        report(
+            f"sync batch {args.items} at {args.concurrency}", walls, waves * 2 * args.latency, 1.15
+        )
+        return
+    fanout = name == "fanout"
+    context, number = make_haystack(100_000 if fanout else 1_000_000, seed=3 if fanout else 7)
+    query = "How many lines mention 'ember'?" if fanout else NIAH_QUERY
+    expected = (
+        str(sum(1 for line in context.split("\n") if "ember" in line)) if fanout else str(number)
+    )
+    with model_server(name, args.latency) as url:
+        rlm = _rlm(url, limits=Limits(max_concurrent_subcalls=FANOUT)) if fanout else _rlm(url)
+        for i in range(args.repeat + 1):
+            t0 = time.perf_counter()
+            result = rlm.complete(context, query)
+            if i:  # the first call starts the fork server and warms the imports
+                walls.append(time.perf_counter() - t0)
+            assert result.answer == expected, result.answer
+    critical = (3 if fanout else 2) * args.latency
+    report(f"sync {name}", walls, critical, 1.10 if fanout else 1.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["niah", "fanout", "concurrent", "batch", "memory", "all"])
@@ -205,10 +245,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sync", action="store_true", help="use complete() / batch()")
     args = parser.parse_args()
     every = ["niah", "fanout", "concurrent", "batch", "memory"]
     chosen = every if args.which == "all" else [args.which]
     for name in chosen:
+        if args.sync:
+            if name in ("niah", "fanout", "batch"):
+                bench_sync(name, args)
+            continue
         anyio.run(
             {
                 "niah": bench_niah,

@@ -23,7 +23,7 @@ def _reply(prompt: int, completion: int, cost: float | None = None) -> Completio
     ],
 )
 def test_a_spent_budget_refuses_the_next_call_and_stays_spent(limits: Limits, limit: str) -> None:
-    """Two calls of 15 tokens and $0.01 each spend the budget; every later call raises the same error."""
+    """Two calls of 15 tokens and $0.01 each spend the budget; every later call raises it again."""
     budget = Budget(limits, {})
     for _ in range(2):
         budget.charge_call()
@@ -33,8 +33,9 @@ def test_a_spent_budget_refuses_the_next_call_and_stays_spent(limits: Limits, li
     assert first.value.limit == limit
     with pytest.raises(LimitExceededError) as again:
         budget.charge_call()
-    assert again.value is first.value
-    assert budget.exhausted() is first.value
+    assert (again.value.limit, str(again.value)) == (limit, str(first.value))
+    spent = budget.exhausted()
+    assert spent is not None and (spent.limit, str(spent)) == (limit, str(first.value))
 
 
 def test_usage_and_prices() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
 from typing import Any
 
 import anyio
@@ -211,4 +214,76 @@ async def test_astream_of_a_failed_run_ends_with_its_result_then_raises() -> Non
     with pytest.raises(APIConnectionError):
         await consume()
     assert isinstance(seen[-1], RunFinished) and seen[-1].result.stop_reason == "error"
+    await rlm.aclose()
+
+
+class _Context(str):
+    """A str that a weak reference can follow."""
+
+
+def _memory_policy(ending: str) -> Any:
+    def policy(request: CompletionRequest) -> str:
+        if ending == "error" and len(request.messages) > 2:
+            raise APIConnectionError("down", provider="scripted")
+        if ending in ("limit", "cancelled") or len(request.messages) == 2:
+            return code("print(len(context))")
+        return "FINAL(ok)"
+
+    return policy
+
+
+def _memory_rlm(ending: str) -> RecursiveLM:
+    limits = Limits(max_model_calls=2) if ending == "limit" else Limits()
+    return RecursiveLM("m", provider=ScriptedProvider(_memory_policy(ending)), limits=limits)
+
+
+@pytest.fixture
+def no_gc() -> Any:
+    """The cyclic garbage collector off for the test (reference counting only)."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.collect()  # now, not in the middle of a later test
+    gc.enable()
+
+
+@pytest.mark.parametrize("ending", ["answer", "limit", "error"])
+def test_a_sync_run_frees_its_context_and_leaves_no_cycle(ending: str) -> None:
+    """complete() keeps nothing of the run but its result: the context goes without a GC pass."""
+    rlm = _memory_rlm(ending)
+    with contextlib.suppress(LimitExceededError, APIConnectionError):
+        rlm.complete("warm-up", "q")  # imports, schemas, the fork server: made once, kept
+    gc.collect()
+    gc.disable()
+    try:
+        _one_sync_run(rlm)
+    finally:
+        gc.collect()
+        gc.enable()
+
+
+def _one_sync_run(rlm: RecursiveLM) -> None:
+    context = _Context("needle " * 10_000)
+    alive = weakref.ref(context)
+    with contextlib.suppress(LimitExceededError, APIConnectionError):
+        rlm.complete(context, "q")
+    del context
+    assert alive() is None
+    assert gc.collect() == 0, "a finished run left cyclic garbage"
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("ending", ["answer", "limit", "error", "cancelled"])
+async def test_an_async_run_frees_its_context_without_a_gc_pass(ending: str) -> None:
+    """After acomplete() ends (answered, limited, failed or cancelled) its context is freed."""
+    rlm = _memory_rlm(ending)
+    context = _Context("needle " * 10_000)
+    alive = weakref.ref(context)
+    with (
+        contextlib.suppress(LimitExceededError, APIConnectionError),
+        anyio.move_on_after(0.5 if ending == "cancelled" else 30),
+    ):
+        await rlm.acomplete(context, "q")
+    del context
+    assert alive() is None
     await rlm.aclose()

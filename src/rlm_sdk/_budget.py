@@ -47,7 +47,9 @@ class Budget:
         self._calls = 0
         self._tokens = 0
         self._cost = 0.0
-        self._spent: LimitExceededError | None = None
+        self._spent: tuple[str, str, dict[str, Any]] | None = None
+        """The budget that ran out: its name, the message, details. A fresh error is raised
+        each time, so no error object is kept where its own traceback could reach it."""
         self._clock: anyio.CancelScope | None = None
 
     @property
@@ -62,7 +64,7 @@ class Budget:
     def charge_call(self) -> None:
         """Raise :class:`LimitExceededError` if the tree may not make another model call."""
         if self._spent is not None:
-            raise self._spent
+            raise self._error()
         lim = self.limits
         if lim.max_model_calls is not None and self._calls >= lim.max_model_calls:
             raise self._spend("model_calls", f"{self._calls} model calls made")
@@ -103,19 +105,24 @@ class Budget:
         return self._clock is not None and self._clock.cancel_called
 
     def exhausted(self) -> LimitExceededError | None:
-        """The error of the budget that ran out, if one did."""
+        """An error for the budget that ran out, if one did."""
         if self._spent is None and self.out_of_time():
             return self._spend(
                 "wall_time",
                 f"wall time of {self.limits.max_wall_time} s exceeded",
                 max_wall_time=self.limits.max_wall_time,
             )
-        return self._spent
+        return None if self._spent is None else self._error()
 
     def _spend(self, limit: str, detail: str, **details: Any) -> LimitExceededError:
         if self._spent is None:
             message = (
                 detail if limit == "wall_time" else f"budget exhausted: {detail} (limit on {limit})"
             )
-            self._spent = LimitExceededError(message, limit=limit, **details)
-        return self._spent
+            self._spent = (limit, message, details)
+        return self._error()
+
+    def _error(self) -> LimitExceededError:
+        assert self._spent is not None
+        limit, message, details = self._spent
+        return LimitExceededError(message, limit=limit, **details)

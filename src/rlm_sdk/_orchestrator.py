@@ -25,7 +25,7 @@ from ._chat import ChatCompletion, messages_to_run, to_chat_completion
 from ._events import Event
 from ._exceptions import ConfigurationError, LimitExceededError, RLMError
 from ._frontend import console_view
-from ._run import EventSink, RunSettings, run_tree
+from ._run import EventSink, Handoff, RunSettings, run_tree
 from ._settings import load_settings
 from ._sync import run_sync
 from ._types import Limits, RLMResult
@@ -202,7 +202,9 @@ class RecursiveLM:
                 holds what the run had done.
             REPLError, IsolationError: the REPL worker failed or cannot be sandboxed.
         """
-        return await self._top_level(context, query, on_event=on_event)
+        handoff = Handoff(context)
+        del context  # the run's REPL holds it, and lets it go once the worker has it
+        return await self._top_level(handoff, query, on_event=on_event)
 
     def complete(
         self,
@@ -212,7 +214,9 @@ class RecursiveLM:
         on_event: EventHandler | None = None,
     ) -> RLMResult:
         """Sync twin of :meth:`acomplete` (refuses to run inside an event loop)."""
-        return self._sync(lambda: self.acomplete(context, query, on_event=on_event), "complete")
+        handoff = Handoff(context)
+        del context  # this frame sits above the event loop: it must not keep the context
+        return self._sync(lambda: self._top_level(handoff, query, on_event=on_event), "complete")
 
     async def astream(self, context: ContextData, query: str | None = None) -> AsyncIterator[Event]:
         """Yield every event of a run as it happens; the last one is ``RunFinished``.
@@ -221,11 +225,13 @@ class RecursiveLM:
         """
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         failure: list[BaseException] = []
+        handoff = Handoff(context)
+        del context
 
         async def produce(stream: MemoryObjectSendStream[Event]) -> None:
             async with stream:
                 try:
-                    await self._top_level(context, query, on_event=stream.send_nowait)
+                    await self._top_level(handoff, query, on_event=stream.send_nowait)
                 except RLMError as err:
                     failure.append(err)
 
@@ -286,7 +292,9 @@ class RecursiveLM:
         """
 
         async def run_one(item: BatchItem, index: int) -> RLMResult:
-            return await self._top_level(item.context, item.query, on_event=on_event, item=index)
+            return await self._top_level(
+                Handoff(item.context), item.query, on_event=on_event, item=index
+            )
 
         return iter_batch(run_one, items, concurrency=concurrency, on_progress=on_progress)
 
@@ -294,7 +302,7 @@ class RecursiveLM:
 
     async def _top_level(
         self,
-        context: ContextData,
+        context: Handoff,
         query: str | None,
         *,
         on_event: EventHandler | None,
@@ -363,9 +371,9 @@ class Completions:
         ``context`` is given); ``model`` replaces the root model for this call.
         """
         derived_context, query = messages_to_run(messages)
-        result = await self._rlm._top_level(
-            derived_context if context is None else context, query, on_event=None, model=model
-        )
+        handoff = Handoff(derived_context if context is None else context)
+        del derived_context, context
+        result = await self._rlm._top_level(handoff, query, on_event=None, model=model)
         return to_chat_completion(result, model or self._rlm.model)
 
     def create_sync(

@@ -18,11 +18,10 @@ only ever ask it for the session, so no turn is special.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,7 +57,7 @@ from ._types import Limits, RLMResult, StopReason
 from .providers import ChatMessage, CompletionRequest, CompletionResponse, Provider
 from .repl import CellResult, ContextData, ForkServer, REPLOptions, REPLSession, SubCallRequest
 
-__all__ = ["RunSettings", "run_tree"]
+__all__ = ["Handoff", "RunSettings", "run_tree"]
 
 EventSink = Callable[[Event], None]
 
@@ -66,6 +65,31 @@ _OPEN_AFTER = 0.05
 """Seconds a run waits for its first request to be on the wire before opening its REPL
 anyway (a provider that cannot tell when a request has left costs this, hidden behind the
 model's latency)."""
+
+
+class Handoff:
+    """A run's context, passed down to the one place that consumes it, and held nowhere else.
+
+    A context may be a gigabyte. A frame that names it as a local keeps it alive as long as
+    the frame lives, and a frame caught in a reference cycle (an exception's traceback, which
+    cancelled tasks create in asyncio and anyio) lives until the cyclic garbage collector
+    runs, with every frame above it on the stack: a script calling ``complete()`` once per
+    document would grow by a document per call. So each entry point wraps the context in a
+    handoff and deletes its own name for it; the run's REPL takes it out when it opens, and
+    drops it once the worker's memfd holds it.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: ContextData) -> None:
+        self._value: ContextData | None = value
+
+    def peek(self) -> ContextData | None:
+        return self._value
+
+    def take(self) -> ContextData | None:
+        value, self._value = self._value, None
+        return value
 
 
 @dataclass(frozen=True)
@@ -109,10 +133,20 @@ class _LazyREPL:
     def __init__(self) -> None:
         self.wanted = anyio.Event()
         self.session: REPLSession | None = None
+        self.isolation: list[str] = []
+        """The sandbox layers its worker applied, kept when the session closes."""
         self._opened = anyio.Event()
         self._released = anyio.Event()
 
     async def hold(self, open_session: Callable[[], REPLSession]) -> None:
+        """The task that owns the session; cancelled, it closes it and ends (see
+        ``repl._supervisor._watcher`` on ending a task by returning)."""
+        try:
+            await self._hold(open_session)
+        except anyio.get_cancelled_exc_class():
+            return
+
+    async def _hold(self, open_session: Callable[[], REPLSession]) -> None:
         with anyio.move_on_after(_OPEN_AFTER):
             await self.wanted.wait()
         # One more trip round the event loop: runs started together all get their first
@@ -123,7 +157,11 @@ class _LazyREPL:
         async with open_session() as session:
             self.session = session
             self._opened.set()
-            await self._released.wait()
+            try:
+                await self._released.wait()
+            finally:
+                self.isolation = list(session.isolation_layers)
+                self.session = None  # the session's handler refers to the run: no cycle left
 
     async def get(self) -> REPLSession:
         self.wanted.set()
@@ -177,7 +215,7 @@ class _Run:
 
 async def run_tree(
     settings: RunSettings,
-    context: ContextData,
+    context: Handoff,
     query: str | None,
     *,
     sinks: Sequence[EventSink],
@@ -200,11 +238,11 @@ async def run_tree(
         raise
 
 
-async def _run(run: _Run, context: ContextData, query: str | None) -> RLMResult:
+async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
     """One run, from ``RunStarted`` to ``RunFinished`` (emitted however it ends)."""
     started = time.perf_counter()
     tree = run.tree
-    description = proto.describe_context(context)
+    description = proto.describe_context(context.peek())
     messages = [
         ChatMessage(
             role="system",
@@ -233,7 +271,7 @@ async def _run(run: _Run, context: ContextData, query: str | None) -> RLMResult:
             return await _sub_calls(run, request)
 
         return REPLSession(
-            context,
+            context.take(),
             handler=handler,
             tools=tree.settings.tools,
             options=tree.settings.repl,
@@ -241,13 +279,14 @@ async def _run(run: _Run, context: ContextData, query: str | None) -> RLMResult:
         )
 
     try:
-        with _single_errors():
+        with _SingleErrors():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run.repl.hold, open_session)
                 try:
                     answer, reason = await _turns(run, messages)
                 finally:
                     run.repl.release()
+                    context.take()  # a REPL never opened: drop it now
     except BaseException as exc:
         reason, error = _why_stopped(run, exc)
         _finish(run, None, reason, started, error=error)
@@ -283,7 +322,6 @@ def _finish(
     *,
     error: str | None = None,
 ) -> RLMResult:
-    session = run.repl.session
     trajectory = run.tree.trajectories.runs[run.run_id]
     result = RLMResult(
         answer=answer,
@@ -292,7 +330,7 @@ def _finish(
         wall_time_s=time.perf_counter() - started,
         usage=run.tree.budget.usage.model_copy(deep=True),
         trajectory=trajectory,
-        isolation=[] if session is None else list(session.isolation_layers),
+        isolation=run.repl.isolation,
         error=error,
     )
     run.result = result
@@ -469,7 +507,7 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
         if kind == "rlm" and run.tree.budget.can_recurse(run.depth):
             child = _Run(run.tree, depth=run.depth + 1, parent=run.run_id, model=model)
             run.emit(ChildRunStarted, call_id=call_id, child_run_id=child.run_id)
-            child_result = await _run(child, prompt, None)
+            child_result = await _run(child, Handoff(prompt), None)
             if child_result.answer is None:
                 error = f"the child run ended without an answer ({child_result.stop_reason})"
             response = child_result.answer or ""
@@ -505,18 +543,29 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
 # --- helpers -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _single_errors() -> Iterator[None]:
-    """Let one error out of a task group as itself, not wrapped in an exception group."""
-    inner: BaseException | None = None
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
-            raise
-        inner = group.exceptions[0]
-    if inner is not None:
-        raise inner
+class _SingleErrors:
+    """Let one error out of a task group as itself, not wrapped in an exception group.
+
+    Written to leave no reference cycle behind: raised while the group is handled, the error
+    would take the group as its context, and the group holds the error, so both tracebacks,
+    with every frame in them, would live until the cyclic collector runs. The group only
+    wrapped the error, so it is dropped, and so is every local that names either.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        if not isinstance(exc, BaseExceptionGroup) or len(exc.exceptions) != 1:
+            return False
+        inner: BaseException | None = exc.exceptions[0]
+        del exc, tb
+        assert inner is not None
+        try:
+            raise inner
+        finally:
+            inner.__context__ = None
+            inner = None
 
 
 def _error_text(error: Any) -> str:

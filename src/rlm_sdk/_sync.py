@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -29,7 +29,35 @@ def run_sync(fn: Callable[[], Awaitable[T]], *, name: str, async_name: str | Non
             f"use `await {async_name or 'a' + name}()` instead."
         )
 
-    async def main() -> T:
-        return await fn()
+    outcome: list[Any] = []
 
-    return anyio.run(main)
+    async def main() -> None:
+        # The outcome leaves the event loop as a value, never as the main task's result or
+        # exception: an error raised out of the loop would carry the loop's own frames in its
+        # traceback, and they refer back to the task holding it (a reference cycle that keeps
+        # every frame of the run alive until the garbage collector runs).
+        try:
+            outcome.append(await fn())
+        except Exception as exc:
+            outcome.append(_Raised(exc))
+
+    anyio.run(main)
+    value = outcome.pop()
+    if isinstance(value, _Raised):
+        error, value.error = value.error, None
+        assert error is not None
+        try:
+            raise error
+        finally:
+            del error
+    result: T = value
+    return result
+
+
+class _Raised:
+    """An error that ended the coroutine, carried out of the event loop."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error: BaseException | None = error

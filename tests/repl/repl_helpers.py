@@ -7,6 +7,8 @@ import socket
 import time
 from typing import Any
 
+import anyio
+
 
 def process_state(pid: int) -> str | None:
     """The state letter of ``pid`` (``R``, ``S``, ``Z``...), or None when it does not exist."""
@@ -83,6 +85,18 @@ def accepted(server: socket.socket) -> bool:
 
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+async def fds_settle_to(expected: set[int], timeout: float = 5.0) -> set[int]:
+    """This process's open descriptors once they equal ``expected``, or after ``timeout`` s.
+
+    Descriptors of closed sessions go on a thread or after the fork server's reply, so on a
+    loaded machine they may take a moment; a real leak never settles.
+    """
+    with anyio.move_on_after(timeout):
+        while open_fds() != expected:
+            await anyio.sleep(0.02)
+    return open_fds()
 
 
 def forge_on_channel(data: bytes) -> str:

@@ -16,6 +16,7 @@ import anyio
 import pytest
 from pydantic import ValidationError
 from repl_helpers import (
+    fds_settle_to,
     open_fds,
     open_many_sessions,
     process_state,
@@ -138,8 +139,7 @@ async def test_fifty_sessions_at_once_leak_no_descriptors_or_processes() -> None
         await warmup.run_cell("1")
     before = open_fds()
     await open_many_sessions(50)
-    await anyio.sleep(0.1)
-    assert open_fds() == before
+    assert await fds_settle_to(before) == before
 
 
 async def test_start_failure_is_a_worker_start_error_with_stderr(

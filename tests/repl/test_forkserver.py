@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 from repl_helpers import (
+    fds_settle_to,
     open_fds,
     open_many_sessions,
     process_state,
@@ -251,8 +252,7 @@ async def test_twenty_sessions_at_once_leak_nothing(server: ForkServer) -> None:
         await warmup.run_cell("1")
     before = open_fds()
     await open_many_sessions(20, forkserver=server)
-    await anyio.sleep(0.1)
-    assert open_fds() == before
+    assert await fds_settle_to(before) == before
 
 
 async def test_a_malformed_request_is_refused_and_the_server_lives_on(server: ForkServer) -> None:

@@ -107,9 +107,11 @@ class WorkerChannel:
             try:
                 written = os.write(self._write_fd, view)
             except BlockingIOError:
+                written = 0  # wait outside the handler: see _wire's note on waiting in one
+            if written:
+                view = view[written:]
+            else:
                 await anyio.wait_writable(self._write_fd)
-                continue
-            view = view[written:]
 
     async def receive_frame(self) -> tuple[bool, bytes | bytearray]:
         """The next frame: whether it is segmented, and its payload.
@@ -595,9 +597,10 @@ async def _send_request(control: socket.socket, data: bytes, fds: list[int]) -> 
             socket.send_fds(control, [data], fds)
             return
         except BlockingIOError:
-            await anyio.sleep(_SEND_RETRY)
+            pass  # wait outside the handler (see _wire.py)
         except OSError as exc:
             raise _ServerGone(f"the fork server is gone: {exc}") from exc
+        await anyio.sleep(_SEND_RETRY)
 
 
 async def _receive_reply(status: socket.socket) -> dict[str, Any] | None:
@@ -606,10 +609,12 @@ async def _receive_reply(status: socket.socket) -> dict[str, Any] | None:
         try:
             data = status.recv(_REPLY_SIZE)
         except BlockingIOError:
-            await anyio.wait_readable(status)
-            continue
+            data = None  # wait outside the handler (see _wire.py)
         except OSError:
             return None
+        if data is None:
+            await anyio.wait_readable(status)
+            continue
         if not data:
             return None
         try:

@@ -222,8 +222,8 @@ async def supervise(
     try:
         with worker.scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain_stderr, worker)
-                tg.start_soon(_watch_exit, worker)
+                tg.start_soon(_watcher, _drain_stderr, worker)
+                tg.start_soon(_watcher, _watch_exit, worker)
                 tg.start_soon(_send_init, worker, init)
                 try:
                     await _read_frames(worker, tg, answer, log)
@@ -234,6 +234,8 @@ async def supervise(
     except Exception as exc:  # a bug here must not take the caller's task group down
         worker.failure = worker.failure or REPLError(f"supervising the worker failed: {exc!r}")
         log.error("rlm.worker_supervision_failed", pid=worker.pid, error=repr(exc))
+    except anyio.get_cancelled_exc_class():
+        pass  # the session is going: cleaned up below, then done (see _watcher)
     finally:
         with anyio.CancelScope(shield=True):
             worker.kill()
@@ -271,14 +273,31 @@ async def _send_init(worker: Worker, init: Callable[[Worker], Awaitable[dict[str
         worker.kill()  # it died; the reader reports how
 
 
+async def _watcher(watch: Callable[[Worker], Awaitable[None]], worker: Worker) -> None:
+    """Run one of a worker's watchers: cancelled, it is simply done.
+
+    A watcher only waits (for output, for the exit), so its cancellation, the usual end of
+    every worker, means nothing but "stop". Ending the task by returning, not raising, keeps
+    the event loop's task bookkeeping from keeping the cancellation: its traceback would hold
+    every frame of the stack, and whatever they hold (a run's context), until the cyclic
+    garbage collector runs.
+    """
+    try:
+        await watch(worker)
+    except anyio.get_cancelled_exc_class():
+        return
+
+
 async def _drain_stderr(worker: Worker) -> None:
     """Keep the end of what the worker itself wrote to stderr (startup errors, segfaults)."""
     fd = worker.process.stderr
     with contextlib.suppress(anyio.ClosedResourceError, OSError):
         while True:
             try:
-                chunk = os.read(fd, _STDERR_READ)
+                chunk: bytes | None = os.read(fd, _STDERR_READ)
             except BlockingIOError:
+                chunk = None  # wait outside the handler (see _wire.py)
+            if chunk is None:
                 await anyio.wait_readable(fd)
                 continue
             if not chunk:

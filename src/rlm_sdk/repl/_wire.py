@@ -23,6 +23,11 @@ The process contract. A worker leads a process group of its own, so killing the 
 (:func:`kill_group`) takes everything it started; it dies with the process that started it
 (:func:`die_with_parent`); and it lives in a private directory whose name carries
 ``WORKDIR_PREFIX`` (:func:`make_workdir`), the only kind the fork server agrees to remove.
+
+Non-blocking I/O on both sides never waits inside ``except BlockingIOError:``. A coroutine
+suspended in a handler keeps the handled exception as its context; if it is then cancelled,
+the cancellation's traceback and that exception form a reference cycle holding every frame
+of the stack, and so whatever those frames hold, until the cyclic garbage collector runs.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ RESERVED_NAMES = (
     "rlm_query",
     "rlm_query_batched",
     "FINAL_VAR",
+    "FINAL",
     "SHOW_VARS",
 )
 """Names the worker restores after every cell; tool names are reserved as well."""
