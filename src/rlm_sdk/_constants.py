@@ -25,7 +25,10 @@ BODY_EXCERPT_CHARS = 200
 DEFAULT_MAX_ITERATIONS = 20
 DEFAULT_MAX_DEPTH = 1
 DEFAULT_CELL_TIMEOUT = 120.0
-DEFAULT_MAX_CONCURRENT_SUBCALLS = 16
+DEFAULT_MAX_CONCURRENT_SUBCALLS = 32
+"""Sub-calls one run has in flight at once. A 32-chunk fan-out is then one wave (1.13x the
+latency path, against 1.44x for two waves at 16), and one run takes at most half of a
+provider's default DEFAULT_MAX_IN_FLIGHT, so two runs fanning out together still share it."""
 DEFAULT_OUTPUT_LIMIT = 20_000
 """Characters of one cell's output kept for the model's history (head and tail)."""
 
