@@ -7,6 +7,8 @@
   in ``rlm_sdk._events`` (the fields and their types come from the code; the one-line
   meanings come from ``FIELD_DOCS`` below, which tests/test_docs.py keeps complete).
 * ``<!-- error-tree -->`` becomes the error tree drawn in ``rlm_sdk._exceptions``'s docstring.
+* ``<!-- context-windows -->`` becomes the table of known models' context windows
+  (``rlm_sdk._window.KNOWN_CONTEXT_WINDOWS``).
 * Docstrings use Sphinx roles (``:class:`Foo```); mkdocstrings renders them as literal text.
   The role prefix is dropped from the HTML, leaving the name as code.
 """
@@ -23,6 +25,7 @@ from typing import Any
 CLI_MARKER = "<!-- cli-help -->"
 EVENTS_MARKER = "<!-- events-table -->"
 ERROR_TREE_MARKER = "<!-- error-tree -->"
+CONTEXT_WINDOWS_MARKER = "<!-- context-windows -->"
 HELP_WIDTH = 72
 
 _ROLE = re.compile(
@@ -70,8 +73,10 @@ FIELD_DOCS: dict[str, str] = {
     "feedback": "What the model is told next (cell output or a reminder); `None` when the turn answered.",
     "final_answer": "The answer, when this turn or cell gave one.",
     "messages": "How many messages the request carries.",
-    "purpose": "`turn` (a root or child turn), `final` (the last call after `max_iterations`) or `sub_call`.",
+    "purpose": "`turn` (a root or child turn), `final` (the last call after `max_iterations`), `sub_call`, or `compaction` (a summary of older turns).",
     "text": "The reply's text.",
+    "finish_reason": "Why the model stopped, as the provider said: `stop`, or `length` when `max_tokens` cut the reply short.",
+    "response_model": "The model that answered, as the provider named it (may be more exact than `model`).",
     "latency_s": "Seconds the call took.",
     "prompt_tokens": "Prompt tokens, as the provider reported them.",
     "completion_tokens": "Completion tokens, as the provider reported them.",
@@ -87,6 +92,9 @@ FIELD_DOCS: dict[str, str] = {
     "timed_out": "The block ran past `cell_timeout`.",
     "notice": "Something the model was told that is not an error of this block (a restart before it).",
     "call_id": "Pairs a sub-call's start and finish (and its child run).",
+    "ModelRequest.call_id": "The sub-call this request serves (`purpose` `sub_call`); `None` for the run's own requests.",
+    "ModelResponse.call_id": "The sub-call this reply serves (`purpose` `sub_call`); `None` for the run's own requests.",
+    "RetryScheduled.call_id": "The sub-call whose request is retried; `None` for the run's own request.",
     "kind": "`llm` for `llm_query*`, `rlm` for `rlm_query*`.",
     "prompt": "The prompt the code sent.",
     "response": "The answer returned to the code (`Error: ...` if it failed).",
@@ -101,6 +109,25 @@ FIELD_DOCS: dict[str, str] = {
     "delay_s": "Seconds until the retry.",
     "reason": "Why: a status (`status 429`), `timeout` or `connection_error`; for a restart, the cause.",
     "result": "The run's `RLMResult` (partial, if a budget ran out).",
+    "reasoning": "Reasoning kept out of the reply: the provider's reasoning field and `<think>` blocks, joined; `None` if there was none.",
+    "fence": "Where the code that runs came from: `repl`, `python`, `py`, `bare`, `unfenced` or `tool_markup`; `None` when nothing runs.",
+    "code_blocks": "How many code blocks the reply has to run.",
+    "ReplyParsed.final": "The kind of final answer the reply gives (`text` or `var`), if any.",
+    "notes": "The dialect rules the reply needed (a glued fence, a `python` block, reasoning set aside, ...).",
+    "problems": "What the model is told was wrong with its reply (an unclosed fence, an empty reply, ...).",
+    "ConfirmationAsked.answer": "The answer written together with code, not taken until the model confirms it.",
+    "HistoryCompacted.turns": "Turns summarised so far in this run (turns 1 to this one).",
+    "messages_before": "Messages in the history before the compaction.",
+    "messages_after": "Messages in the history after it.",
+    "tokens_before": "The history's estimated tokens before the compaction.",
+    "tokens_after": "Its estimated tokens after.",
+    "window": "The model's context window, in tokens (or the size the provider's refusal implied).",
+    "variable": "The REPL list holding the summarised turns in full; `None` when messages were only cut.",
+    "tool_calls": "The tools the model called, in order (`protocol=\"tools\"`): id, name and arguments as written.",
+    "from_protocol": "The protocol the run used until then (`tools`).",
+    "to_protocol": "The protocol it goes on with (`fenced`).",
+    "ProtocolSwitched.reason": "The server's refusal, as the provider reported it.",
+    "summary": "The model's summary of the older turns, which replaced them; `None` when messages were only cut.",
 }
 
 
@@ -156,8 +183,18 @@ def error_tree() -> str:
     return f"```text\n{tree}\n```\n"
 
 
+def context_windows_table() -> str:
+    """Markdown: the known models' context windows, from ``rlm_sdk._window``."""
+    from rlm_sdk._window import KNOWN_CONTEXT_WINDOWS
+
+    rows = [f"| `{name}` | {tokens:,} |" for name, tokens in KNOWN_CONTEXT_WINDOWS.items()]
+    return "\n".join(["| Model name starts with | Tokens |", "|---|---|", *rows]) + "\n"
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
-    """Expand the markers: CLI help, the events tables, the error tree."""
+    """Expand the markers: CLI help, the events tables, the error tree, the known windows."""
+    if CONTEXT_WINDOWS_MARKER in markdown:
+        markdown = markdown.replace(CONTEXT_WINDOWS_MARKER, context_windows_table())
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if EVENTS_MARKER in markdown:

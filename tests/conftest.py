@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-_PREFIXES = ("OPENAI_", "ANTHROPIC_", "RLM_", "OLLAMA_")
+_PREFIXES = ("OPENAI_", "ANTHROPIC_", "RLM_", "OLLAMA_", "OTEL_")
 
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Remove provider, SDK and proxy variables (a test sets the ones it needs) and run from an
+    """Remove provider, SDK, OpenTelemetry and proxy variables (a test sets the ones it needs) and run from an
     empty directory (no stray .env)."""
     for name in list(os.environ):
         if name.startswith(_PREFIXES) or name.lower().endswith("_proxy"):

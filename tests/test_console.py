@@ -51,3 +51,87 @@ def test_long_output_is_cut_to_head_and_tail() -> None:
     out = buf.getvalue()
     assert "characters cut" in out
     assert len(out) < 5_000
+
+
+def test_how_a_reply_was_read_is_shown() -> None:
+    """Reasoning (collapsed to one line), the fence accepted, problems and a confirmation asked."""
+    from rlm_sdk import ConfirmationAsked, ModelResponse, ReplyParsed
+
+    buf = io.StringIO()
+    view = ConsoleView(file=buf, width=120, threaded=False)
+    view.render(
+        ModelResponse(
+            run_id="r",
+            model="m",
+            text="<think>\nfirst I count\n</think>\n```python\nprint(1)\n```",
+            reasoning="first I count " + "and count " * 200,
+            latency_s=0.1,
+            prompt_tokens=1,
+            completion_tokens=1,
+        )
+    )
+    view.render(
+        ReplyParsed(
+            run_id="r",
+            iteration=1,
+            fence="python",
+            code_blocks=1,
+            notes=["no ```repl block: the ```python blocks ran"],
+            problems=["The ```repl block opened on line 4 was never closed, so it did not run."],
+        )
+    )
+    view.render(ConfirmationAsked(run_id="r", iteration=1, answer="7"))
+    out = buf.getvalue()
+    assert "▸ reasoning (2,014 chars): first I count" in out
+    assert "and count " * 20 not in out  # collapsed
+    assert "<think>" not in out
+    assert "code from python" in out
+    assert "⚠ The ```repl block opened on line 4" in out
+    assert "answer not taken yet" in out and "7" in out
+
+
+def test_tool_calls_compactions_and_a_protocol_switch_are_shown() -> None:
+    """The calls a reply made, a compaction with its sizes, and a server refusing tools."""
+    from rlm_sdk import HistoryCompacted, ModelResponse, ProtocolSwitched, ToolCall
+
+    buf = io.StringIO()
+    view = ConsoleView(file=buf, width=120, threaded=False)
+    view.render(
+        ModelResponse(
+            run_id="r",
+            model="m",
+            text="",
+            tool_calls=[ToolCall(id="c1", name="repl", arguments='{"code": "print(1)"}')],
+            latency_s=0.1,
+            prompt_tokens=1,
+            completion_tokens=1,
+        )
+    )
+    view.render(
+        HistoryCompacted(
+            run_id="r",
+            iteration=9,
+            turns=7,
+            messages_before=18,
+            messages_after=4,
+            tokens_before=2_600,
+            tokens_after=700,
+            window=3_000,
+            variable="history",
+            summary="counted to seven",
+        )
+    )
+    view.render(
+        ProtocolSwitched(
+            run_id="r",
+            iteration=1,
+            from_protocol="tools",
+            to_protocol="fenced",
+            reason="openai answered 400: tools are not supported",
+        )
+    )
+    out = buf.getvalue()
+    assert '→ repl({"code": "print(1)"})' in out
+    assert "history compacted (turns 1-7 summarised): 2,600 → 700 tokens" in out
+    assert "`history`" in out
+    assert "the server refused tools" in out and "tools are not supported" in out

@@ -37,7 +37,7 @@ import anyio
 import pytest
 
 import rlm_sdk
-from rlm_sdk import testing
+from rlm_sdk import otel, testing
 from rlm_sdk._recorder import SCHEMA, SCHEMA_VERSION
 from rlm_sdk.testing import FakeChatServer
 
@@ -202,9 +202,22 @@ def tools_model(body: dict[str, Any]) -> str:
 
 ReplyFunction = Callable[[dict[str, Any]], str]
 
+
+def eval_model(body: dict[str, Any]) -> str:
+    """The eval's oracle double (rlm_sdk.eval.oracle_policy) behind the loopback server."""
+    from rlm_sdk.eval import oracle_policy
+    from rlm_sdk.providers import ChatMessage, CompletionRequest
+
+    messages = [
+        ChatMessage(role=m["role"], content=m.get("content") or "") for m in body["messages"]
+    ]
+    return oracle_policy()(CompletionRequest(model=body["model"], messages=messages))
+
+
 PAGE_MODELS: dict[str, ReplyFunction] = {
     "concepts/depth.md": depth_model,
     "guides/tools.md": tools_model,
+    "guides/eval.md": eval_model,
 }
 EXAMPLE_MODELS: dict[str, ReplyFunction] = {"tools.py": tools_model}
 
@@ -286,10 +299,14 @@ PAGE_OUTPUT: dict[str, str] = {
     "concepts/repl.md": "3 final_var",
     "guides/batch.md": "1 globex 22",
     "guides/budgets.md": "stopped: model_calls",
+    "guides/local-models.md": "answer: 4242 | stop reason: final_answer",
+    "guides/corpora.md": "answer: 4821",
+    "guides/eval.md": "aggregate rlm: 100% (n=6)",
     "guides/providers.md": "64 64 cache hits: 2",
     "guides/server.md": "2718",
     "guides/testing.md": "",  # its examples are tests with their own asserts
     "guides/tools.md": "gold",
+    "guides/tracing.md": "  turn\n    chat gpt-5-mini",
     "guides/watching.md": "answer: 12",
     "reference/trajectory-format.md": "8 finished",
 }
@@ -432,7 +449,7 @@ def _documented_objects() -> str:
 
 
 def test_every_public_name_is_in_the_reference() -> None:
-    """Each public name of rlm_sdk and rlm_sdk.testing is in the API reference."""
+    """Each public name of rlm_sdk, rlm_sdk.testing and rlm_sdk.otel is in the API reference."""
     reference = _documented_objects()
     hooks = load_hooks()
     events = {cls.__name__ for cls in hooks.event_classes()} | {"Event"}
@@ -445,13 +462,14 @@ def test_every_public_name_is_in_the_reference() -> None:
     ]
     assert not missing
     assert [n for n in testing.__all__ if f"::: rlm_sdk.testing.{n}" not in reference] == []
+    assert [n for n in otel.__all__ if f"::: rlm_sdk.otel.{n}" not in reference] == []
 
 
 def test_cli_reference_is_generated_for_every_command() -> None:
     """The CLI page holds the marker, and the hook renders the help of every subcommand."""
     assert "<!-- cli-help -->" in (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
     text = load_hooks().cli_reference()
-    for command in ("run", "demo", "batch", "view", "serve"):
+    for command in ("run", "demo", "batch", "view", "serve", "eval"):
         assert f"$ rlm-sdk {command} --help\nusage: rlm-sdk {command}" in text
 
 
@@ -532,6 +550,22 @@ def test_readme_keeps_the_two_commands() -> None:
     for command in ("uv sync && uv run rlm-sdk demo", "uv sync --all-extras && uv run pytest -n 2"):
         assert command in readme
         assert command in quickstart
+
+
+def test_ci_installs_the_groups_the_readme_names() -> None:
+    """Every dependency group the README names for the tests is synced by .ci/run, and exists."""
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
+        "dependency-groups"
+    ]
+    named = set(re.findall(r"--group (\w+)", readme))
+    assert named, "the README names no test group for CI"
+    syncs = [line for line in ci.splitlines() if line.startswith("uv sync")]
+    assert named <= {g for line in syncs for g in re.findall(r"--group (\w+)", line)}
+    assert named <= set(groups)
 
 
 def test_hooks_import_only_the_standard_library() -> None:

@@ -55,3 +55,45 @@ def test_console_view_renders_with_rich() -> None:
     """With rich installed, console_view gives a working view (the extra is in the dev set-up)."""
     view = console_view(width=80, threaded=False)
     assert type(view).__name__ == "ConsoleView"
+
+
+@pytest.fixture
+def no_tracer_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process as if no OpenTelemetry SDK had been configured (restored afterwards)."""
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+
+
+@pytest.mark.usefixtures("no_tracer_provider")
+def test_configure_tracing_installs_an_otlp_sdk_only_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --otel` installs an SDK exporting OTLP where OTEL_* says, and leaves an existing one alone."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from rlm_sdk._frontend import configure_tracing
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9/")
+    assert configure_tracing() == "OTLP over HTTP to http://127.0.0.1:9/v1/traces"
+    provider = trace.get_tracer_provider()
+    try:
+        assert isinstance(provider, TracerProvider)
+        assert provider.resource.attributes["service.name"] == "rlm-sdk"
+        assert configure_tracing() == "through the tracer provider already configured"
+        assert trace.get_tracer_provider() is provider
+    finally:
+        provider.shutdown()  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("no_tracer_provider")
+def test_configure_tracing_without_the_sdk_names_the_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without OpenTelemetry's SDK, `serve --otel` fails with the packages to install."""
+    from rlm_sdk._frontend import configure_tracing
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
+    with pytest.raises(ConfigurationError, match=r"rlm-sdk\[otel\]' opentelemetry-sdk"):
+        configure_tracing()

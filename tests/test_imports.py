@@ -19,8 +19,10 @@ FRONT_END_ALLOWED = {
     "rlm_sdk.providers",
     "rlm_sdk.repl",
     "rlm_sdk.testing",
+    "rlm_sdk.otel",  # public; the server imports it only with tracing on
     "rlm_sdk._frontend",
     "rlm_sdk.server",  # the CLI's `serve` command is the server's public entry point
+    "rlm_sdk.eval",  # the CLI's `eval` command is the eval harness's public entry point
 }
 
 
@@ -121,9 +123,10 @@ def test_no_import_cycles() -> None:
     assert _cycle(graph) is None
 
 
-@pytest.mark.parametrize("front_end", ["cli", "server"])
+@pytest.mark.parametrize("front_end", ["cli", "server", "eval"])
 def test_front_ends_use_the_public_api(front_end: str) -> None:
-    """cli/ and server/ import the SDK only through its public modules and rlm_sdk._frontend."""
+    """cli/, server/ and the eval extension import the SDK only through its public modules and
+    rlm_sdk._frontend."""
     own = f"rlm_sdk.{front_end}"
     bad = set()
     for path in (SRC / front_end).rglob("*.py"):

@@ -26,15 +26,18 @@ F = "```"
         pytest.param(
             "Done.\nFINAL(f(a, (b)))", (), FinalAnswer("text", "f(a, (b))"), id="balanced-parens"
         ),
-        pytest.param('FINAL("quoted")', (), FinalAnswer("text", '"quoted"'), id="quotes-kept"),
+        pytest.param('FINAL("quoted")', (), FinalAnswer("text", "quoted"), id="quotes-dropped"),
+        pytest.param(
+            'FINAL("a" and "b")', (), FinalAnswer("text", '"a" and "b"'), id="not-one-literal-kept"
+        ),
         pytest.param(
             "FINAL(yes) and more words",
             (),
-            FinalAnswer("text", "yes"),
+            FinalAnswer("text", "yes", name="yes"),
             id="text-after-close-dropped",
         ),
         pytest.param(
-            'FINAL("a (b") tail', (), FinalAnswer("text", '"a (b"'), id="paren-inside-leading-quote"
+            'FINAL("a (b") tail', (), FinalAnswer("text", "a (b"), id="paren-inside-leading-quote"
         ),
         pytest.param(
             "FINAL(It's 42 (roughly))",
@@ -49,7 +52,10 @@ F = "```"
             id="multiline-final",
         ),
         pytest.param(
-            "  FINAL(indented)", (), FinalAnswer("text", "indented"), id="leading-space-ok"
+            "  FINAL(indented)",
+            (),
+            FinalAnswer("text", "indented", name="indented"),
+            id="leading-space-ok",
         ),
         pytest.param("The FINAL(x) is not at line start", (), None, id="mid-line-not-final"),
         pytest.param("`FINAL(x)` in backticks", (), None, id="inline-code-not-final"),
@@ -61,13 +67,16 @@ F = "```"
         pytest.param("FINAL_VAR('r')", (), FinalAnswer("var", "r"), id="final-var-single-quoted"),
         pytest.param("FINAL(text)\nFINAL_VAR(v)", (), FinalAnswer("var", "v"), id="final-var-wins"),
         pytest.param(
-            "FINAL(first)\nFINAL(second)", (), FinalAnswer("text", "first"), id="first-final-wins"
+            "FINAL(first)\nFINAL(second)",
+            (),
+            FinalAnswer("text", "first", name="first"),
+            id="first-final-wins",
         ),
         pytest.param(f"{F}repl\nx = 1\n{F}", ("x = 1",), None, id="one-block"),
         pytest.param(
             f"{F}repl\na\n{F}\ntext\n{F}repl\nb\n{F}", ("a", "b"), None, id="several-blocks"
         ),
-        pytest.param(f"{F}python\nx = 1\n{F}", (), None, id="other-language-not-run"),
+        pytest.param(f"{F}text\nx = 1\n{F}", (), None, id="other-language-not-run"),
         pytest.param(f"{F} repl \nx\n{F}", ("x",), None, id="spaces-around-info"),
         pytest.param(f"{F}REPL\nx\n{F}", ("x",), None, id="info-case-insensitive"),
         pytest.param(
@@ -80,7 +89,12 @@ F = "```"
             f"````repl\nprint('{F}')\n````", (f"print('{F}')",), None, id="nested-backticks"
         ),
         pytest.param(f"{F}repl\nFINAL(1)\n{F}", ("FINAL(1)",), None, id="final-in-code-not-answer"),
-        pytest.param(f"{F}\nFINAL(1)\n{F}", (), None, id="final-in-plain-fence-not-answer"),
+        pytest.param(
+            f"{F}repl\nx\n{F}\n{F}\nFINAL(1)\n{F}",
+            ("x",),
+            None,
+            id="final-in-plain-fence-not-answer",
+        ),
         pytest.param(
             f"{F}repl\nv = 2\n{F}\nFINAL_VAR(v)",
             ("v = 2",),
@@ -122,7 +136,7 @@ def test_unclosed_final_is_reported_not_taken() -> None:
 def test_unclosed_final_before_good_final() -> None:
     """A later well-formed FINAL still answers when an earlier one was malformed."""
     parsed = parse_reply("FINAL(oops\nFINAL(ok)")
-    assert parsed.final == FinalAnswer("text", "ok")
+    assert parsed.final == FinalAnswer("text", "ok", name="ok")
     assert parsed.problems == ()
 
 

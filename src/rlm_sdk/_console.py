@@ -23,10 +23,14 @@ from ._events import (
     CellFinished,
     CellStarted,
     ChildRunStarted,
+    ConfirmationAsked,
     Event,
     FinalAnswer,
+    HistoryCompacted,
     LimitReached,
     ModelResponse,
+    ProtocolSwitched,
+    ReplyParsed,
     RetryScheduled,
     RunFinished,
     RunStarted,
@@ -35,7 +39,7 @@ from ._events import (
     TurnStarted,
     WorkerRestarted,
 )
-from ._protocol import truncate_middle
+from ._protocol import split_reasoning, truncate_middle
 from ._types import Usage
 
 __all__ = ["ConsoleView", "render_usage"]
@@ -124,14 +128,49 @@ class ConsoleView:
         elif isinstance(event, TurnStarted):
             c.print(f"{pad}[bold blue]── turn {event.iteration}[/]")
         elif isinstance(event, ModelResponse) and event.purpose != "sub_call":
+            if event.reasoning:  # collapsed: its size and its first words
+                c.print(
+                    f"{pad}[dim]▸ reasoning ({len(event.reasoning):,} chars): "
+                    f"{escape(_preview(event.reasoning))}[/]"
+                )
+            shown = split_reasoning(event.text)[0] if event.reasoning else event.text
+            for call in event.tool_calls:
+                shown += f"\n→ {call.name}({_preview(call.arguments)})"
             c.print(
                 Panel(
-                    Text(truncate_middle(event.text, _SHOWN)),
+                    Text(truncate_middle(shown.strip("\n"), _SHOWN) or "(empty reply)"),
                     title=f"[green]{escape(event.model)}[/] reply",
                     subtitle=f"{event.latency_s:.2f} s · {event.prompt_tokens:,}+{event.completion_tokens:,} tok",
                     border_style="green",
                     padding=(0, 1),
                 )
+            )
+        elif isinstance(event, ReplyParsed):
+            if event.fence not in (None, "repl") or event.notes:
+                read = f"code from {event.fence}" if event.fence else "no code"
+                notes = "; ".join(n for n in event.notes if n != "reasoning set aside")
+                c.print(
+                    f"{pad}[dim]read: {escape(read)}{' · ' + escape(notes) if notes else ''}[/]"
+                )
+            for problem in event.problems:
+                c.print(f"{pad}[yellow]⚠ {escape(problem)}[/]")
+        elif isinstance(event, ProtocolSwitched):
+            c.print(
+                f"{pad}[yellow]the server refused tools: going on with fenced text "
+                f"({escape(_preview(event.reason))})[/]"
+            )
+        elif isinstance(event, ConfirmationAsked):
+            c.print(
+                f"{pad}[yellow]answer not taken yet, written before the output: "
+                f"{escape(_preview(event.answer))} (the model is asked to confirm it)[/]"
+            )
+        elif isinstance(event, HistoryCompacted):
+            what = f"turns 1-{event.turns} summarised" if event.summary else "messages cut"
+            c.print(
+                f"{pad}[magenta]history compacted ({what}): {event.tokens_before:,} → "
+                f"{event.tokens_after:,} tokens of a {event.window:,}-token window"
+                + (f"; in full in the REPL as `{event.variable}`" if event.variable else "")
+                + "[/]"
             )
         elif isinstance(event, CellStarted):
             c.print(

@@ -31,6 +31,10 @@ latency path, against 1.44x for two waves at 16), and one run takes at most half
 provider's default DEFAULT_MAX_IN_FLIGHT, so two runs fanning out together still share it."""
 DEFAULT_OUTPUT_LIMIT = 20_000
 """Characters of one cell's output kept for the model's history (head and tail)."""
+DEFAULT_COMPACT_AT = 0.85
+"""A run's history is compacted when its estimate passes this fraction of the model's window."""
+MAX_EMPTY_REPLIES = 3
+"""Empty replies in a row after which a run ends with ``EmptyReplyError``."""
 
 ENTRY_POINT_GROUP = "rlm_sdk.providers"
 

@@ -12,18 +12,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from ._types import RLMResult, StopReason
+from ._types import RLMResult, StopReason, ToolCall
 
 __all__ = [
     "CellFinished",
     "CellStarted",
     "ChildRunStarted",
+    "ConfirmationAsked",
     "Event",
     "EventBase",
     "FinalAnswer",
+    "HistoryCompacted",
     "LimitReached",
     "ModelRequest",
     "ModelResponse",
+    "ProtocolSwitched",
+    "ReplyParsed",
     "RetryScheduled",
     "RunFinished",
     "RunStarted",
@@ -75,7 +79,9 @@ class ModelRequest(EventBase):
     type: Literal["model_request"] = "model_request"
     model: str
     messages: int
-    purpose: Literal["turn", "final", "sub_call"] = "turn"
+    purpose: Literal["turn", "final", "sub_call", "compaction"] = "turn"
+    call_id: str | None = None
+    """The sub-call this request serves (``purpose="sub_call"``); ``None`` for a run's own."""
 
 
 class ModelResponse(EventBase):
@@ -86,7 +92,68 @@ class ModelResponse(EventBase):
     prompt_tokens: int
     completion_tokens: int
     cost: float | None = None
-    purpose: Literal["turn", "final", "sub_call"] = "turn"
+    purpose: Literal["turn", "final", "sub_call", "compaction"] = "turn"
+    reasoning: str | None = None
+    """Reasoning kept out of the reply: the provider's reasoning field and ``<think>`` blocks."""
+    tool_calls: list[ToolCall] = []
+    """The tools the model called, in order (``protocol="tools"``)."""
+    finish_reason: str | None = None
+    """Why the model stopped, as the provider said: ``"stop"``, or ``"length"`` when
+    ``max_tokens`` cut the reply short."""
+    response_model: str | None = None
+    """The model that answered, as the provider named it (may be more exact than ``model``)."""
+    call_id: str | None = None
+    """The sub-call this reply serves (``purpose="sub_call"``); ``None`` for a run's own."""
+
+
+class ReplyParsed(EventBase):
+    """How a root or child turn's reply was read: where its code came from, what it needed."""
+
+    type: Literal["reply_parsed"] = "reply_parsed"
+    iteration: int
+    fence: str | None = None
+    """Where the code that runs came from: ``repl``, ``python``, ``py``, ``bare``,
+    ``unfenced`` or ``tool_markup``; ``None`` when nothing runs."""
+    code_blocks: int = 0
+    final: Literal["text", "var"] | None = None
+    notes: list[str] = []
+    problems: list[str] = []
+
+
+class ProtocolSwitched(EventBase):
+    """A server refused tools: the run goes on with fenced text, its history rewritten."""
+
+    type: Literal["protocol_switched"] = "protocol_switched"
+    iteration: int
+    from_protocol: Literal["tools", "fenced"]
+    to_protocol: Literal["tools", "fenced"]
+    reason: str
+
+
+class ConfirmationAsked(EventBase):
+    """A final answer written in the same reply as code was not taken: the model is asked to
+    confirm it after seeing the code's real output."""
+
+    type: Literal["confirmation_asked"] = "confirmation_asked"
+    iteration: int
+    answer: str
+
+
+class HistoryCompacted(EventBase):
+    """A run's history neared its model's context window: older turns were summarised."""
+
+    type: Literal["history_compacted"] = "history_compacted"
+    iteration: int
+    turns: int
+    """Turns summarised so far in this run (1 to ``turns``)."""
+    messages_before: int
+    messages_after: int
+    tokens_before: int
+    tokens_after: int
+    window: int
+    variable: str | None = None
+    """The REPL list holding the summarised turns in full; ``None`` if only cut, not summarised."""
+    summary: str | None = None
 
 
 class CellStarted(EventBase):
@@ -130,6 +197,7 @@ class SubCallFinished(EventBase):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = None
+    reasoning: str | None = None
 
 
 class ChildRunStarted(EventBase):
@@ -156,6 +224,8 @@ class RetryScheduled(EventBase):
     attempt: int
     delay_s: float
     reason: str
+    call_id: str | None = None
+    """The sub-call whose request is retried; ``None`` for a run's own request."""
 
 
 class WorkerRestarted(EventBase):
@@ -174,6 +244,10 @@ Event = Annotated[
     | TurnFinished
     | ModelRequest
     | ModelResponse
+    | ReplyParsed
+    | ConfirmationAsked
+    | HistoryCompacted
+    | ProtocolSwitched
     | CellStarted
     | CellFinished
     | SubCallStarted

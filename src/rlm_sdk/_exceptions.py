@@ -21,7 +21,8 @@ mistakes (fix your code or environment) are kept apart from failures during a ru
     │   └── WorkerCrashedError      the worker died and could not be brought back
     ├── IsolationError              a required sandbox layer cannot be applied
     └── RunError                    a run ended without a final answer
-        └── LimitExceededError      a budget ran out (calls, tokens, cost, wall time)
+        ├── LimitExceededError      a budget ran out (calls, tokens, cost, wall time)
+        └── EmptyReplyError         the model sent nothing but empty replies, several in a row
 
 Errors carry what a user needs to act on them: the HTTP status, the request id and an
 excerpt of the body for provider errors; and any error that ended a run carries the run's
@@ -47,6 +48,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "EmptyReplyError",
     "InternalServerError",
     "IsolationError",
     "LimitExceededError",
@@ -193,3 +195,15 @@ class LimitExceededError(RunError):
         super().__init__(message, result=result)
         self.limit = limit
         self.details = details
+
+
+class EmptyReplyError(RunError):
+    """The model sent empty replies (reasoning aside) several times in a row.
+
+    Each empty reply gets a reminder; ``MAX_EMPTY_REPLIES`` in a row end the run rather than
+    loop silently. ``replies`` says how many there were; ``result`` holds the partial result.
+    """
+
+    def __init__(self, message: str, *, replies: int, result: RLMResult | None = None) -> None:
+        super().__init__(message, result=result)
+        self.replies = replies

@@ -10,11 +10,13 @@ only the names below. Nothing here is public; it may change with any release.
 * :func:`messages_to_run` / :func:`to_chat_completion`: the chat-completion mapping the
   drop-in uses, for ``/v1/chat/completions``.
 * :func:`console_view`: the live terminal view (``rich``, from the ``cli`` extra).
+* :func:`configure_tracing`: an OpenTelemetry SDK exporting OTLP, for ``serve --otel``.
 * The defaults the front ends show or offer.
 """
 
 from __future__ import annotations
 
+import os
 from typing import IO, TYPE_CHECKING
 
 from ._chat import messages_to_run, to_chat_completion
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_ITERATIONS",
     "DEMO_ANTHROPIC_MODEL",
     "DEMO_OPENAI_MODEL",
+    "configure_tracing",
     "console_view",
     "get_logger",
     "load_settings",
@@ -59,3 +62,35 @@ def console_view(
             "the console view needs rich, which is not installed: pip install 'rlm-sdk[cli]'"
         ) from err
     return ConsoleView(file=file, width=width, threaded=threaded)
+
+
+_OTEL_INSTALL = (
+    "tracing needs OpenTelemetry's SDK and OTLP exporter: "
+    "pip install 'rlm-sdk[otel]' opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
+)
+
+
+def configure_tracing() -> str:
+    """Make sure spans go somewhere: unless the process already has an OpenTelemetry SDK
+    (``opentelemetry-instrument``, or an application that set one), install one exporting
+    OTLP over HTTP, configured by the standard ``OTEL_*`` variables. Front ends only: a
+    library never configures the SDK. Returns where spans go, for the start-up banner.
+
+    Raises:
+        ConfigurationError: the SDK or the exporter is not installed; the message says how.
+    """
+    try:
+        from .otel import _configure_sdk
+    except ImportError as err:
+        raise ConfigurationError(_OTEL_INSTALL) from err
+    try:
+        installed = _configure_sdk()
+    except ImportError as err:
+        raise ConfigurationError(_OTEL_INSTALL) from err
+    if not installed:
+        return "through the tracer provider already configured"
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/")
+        + "/v1/traces"
+    )
+    return f"OTLP over HTTP to {endpoint}"

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from ._batch import BatchItem, BatchProgress, BatchResult, iter_batch
 from ._chat import ChatCompletion, messages_to_run, to_chat_completion
+from ._constants import DEFAULT_COMPACT_AT
 from ._events import Event
 from ._exceptions import ConfigurationError, LimitExceededError, RLMError
 from ._frontend import console_view
@@ -29,8 +30,9 @@ from ._run import EventSink, Handoff, RunSettings, run_tree
 from ._settings import load_settings
 from ._sync import run_sync
 from ._types import Limits, RLMResult
-from .providers import ModelRouter, Provider
-from .repl import ContextData, ForkServer, IsolationMode, REPLOptions
+from .providers import ModelRouter, Provider, supports_tools
+from .repl import ContextData, Corpus, ForkServer, IsolationMode, REPLOptions
+from .repl._corpus import is_paths
 
 __all__ = ["EventHandler", "RecursiveLM"]
 
@@ -38,6 +40,7 @@ EventHandler = Callable[[Event], None]
 """A callback given every event of a run, synchronously, in order. Keep it fast."""
 
 OnLimit = Literal["raise", "return"]
+CodeProtocol = Literal["fenced", "tools", "auto"]
 T = TypeVar("T")
 
 
@@ -70,6 +73,20 @@ class RecursiveLM:
             levels of ``limits.max_concurrent_subcalls`` workers each. ``None``: no bound.
         temperature: sampling temperature passed to every model call.
         max_tokens: completion-token cap passed to every model call.
+        context_windows: context windows in tokens by model string or name
+            (``{"ollama:qwen3:8b": 8192}``), over the table of known models
+            (``rlm_sdk.context_window``). A sub-call whose prompt cannot fit its model's
+            window gets an ``"Error: ..."`` answer without a call.
+        compact_at: when a run's history passes this fraction of its model's window, the
+            model summarises the older turns, which stay readable in the REPL as
+            ``history``. ``None`` turns compaction off.
+        protocol: how the model runs code and answers. ``"fenced"`` (the default): it writes
+            ```` ```repl ```` blocks and ``FINAL(...)`` in text, which every chat server
+            takes and real models' dialects are read from. ``"tools"``: it calls ``repl(code)``
+            and ``final_answer(...)`` through the provider's tool calling, so it cannot write
+            past its code and imagine the output (the provider must support tools).
+            ``"auto"``: tools where the provider says it supports them, else fenced. A server
+            that refuses tools switches that run to fenced text.
         tools: functions that live in this process and can be called from the REPL.
         prices: USD per million (prompt, completion) tokens by model string, for models
             whose provider reports no cost; used for usage and ``Limits.max_cost``.
@@ -102,6 +119,9 @@ class RecursiveLM:
         max_workers: int | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        context_windows: Mapping[str, int] | None = None,
+        compact_at: float | None = DEFAULT_COMPACT_AT,
+        protocol: CodeProtocol = "fenced",
         tools: Mapping[str, Callable[..., Any]] | None = None,
         prices: Mapping[str, tuple[float, float]] | None = None,
         repl_options: REPLOptions | None = None,
@@ -120,6 +140,19 @@ class RecursiveLM:
             raise ConfigurationError(f"on_limit must be 'raise' or 'return', not {on_limit!r}")
         if max_workers is not None and max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")
+        if protocol not in ("fenced", "tools", "auto"):
+            raise ConfigurationError(
+                f"protocol must be 'fenced', 'tools' or 'auto', not {protocol!r}"
+            )
+        if protocol == "tools" and provider is not None and not supports_tools(provider, model):
+            raise ConfigurationError(
+                f"protocol='tools' needs a provider with tool calling, and {provider!r} has "
+                "none; use protocol='auto' or 'fenced'"
+            )
+        if compact_at is not None and not 0 < compact_at < 1:
+            raise ConfigurationError(f"compact_at must be between 0 and 1, not {compact_at!r}")
+        if any(not isinstance(n, int) or n < 1 for n in (context_windows or {}).values()):
+            raise ConfigurationError("context_windows maps model strings to positive token counts")
         self.model = model
         self.sub_model = sub_model or settings.sub_model or model
         self.limits: Limits = _validated(
@@ -132,6 +165,9 @@ class RecursiveLM:
         self.max_workers = max_workers
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.context_windows = dict(context_windows or {})
+        self.compact_at = compact_at
+        self.protocol: CodeProtocol = protocol
         self.tools = dict(tools or {})
         self.prices = dict(prices or {})
         self.on_event = on_event
@@ -312,6 +348,9 @@ class RecursiveLM:
         sinks: list[EventSink] = [s for s in (self.on_event, on_event) if s]
         if self.verbose:
             sinks.append(console_view().handle)
+        if is_paths(context.peek()):  # files on disk: list them (a folder walk) off the loop
+            paths: Any = context.take()
+            context = Handoff(await anyio.to_thread.run_sync(Corpus, paths))
         async with self._worker_slot():
             try:
                 return await run_tree(
@@ -336,6 +375,9 @@ class RecursiveLM:
             prices=dict(self.prices),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            context_windows=dict(self.context_windows),
+            compact_at=self.compact_at,
+            protocol=self.protocol,
         )
 
     @contextlib.asynccontextmanager

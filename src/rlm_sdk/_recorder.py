@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -28,9 +28,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "JSONLRecorder",
     "SavedRun",
+    "known_secrets",
     "load_events",
     "load_runs",
     "rebuild_trajectories",
+    "redact",
 ]
 
 SCHEMA = "rlm_sdk.trajectory"
@@ -39,7 +41,8 @@ _REDACTED = "[REDACTED]"
 _SECRET_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
-def _known_secrets(extra: Iterable[str]) -> list[str]:
+def known_secrets(extra: Iterable[str]) -> list[str]:
+    """The strings to scrub: the provider keys in the environment and settings, and ``extra``."""
     s = load_settings()
     found = [os.environ.get(v, "") for v in _SECRET_VARS]
     found += [
@@ -48,6 +51,15 @@ def _known_secrets(extra: Iterable[str]) -> list[str]:
     found += list(extra)
     # Short strings would redact ordinary words; real keys are long.
     return sorted({x for x in found if len(x) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first, as :func:`known_secrets` orders them)
+    replaced by ``[REDACTED]``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
 
 
 class JSONLRecorder:
@@ -64,7 +76,7 @@ class JSONLRecorder:
 
     def __init__(self, path: str | os.PathLike[str], *, redact: Iterable[str] = ()) -> None:
         self.path = Path(path)
-        self._secrets = _known_secrets(redact)
+        self._secrets = known_secrets(redact)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
         if new:
@@ -74,11 +86,7 @@ class JSONLRecorder:
     def __call__(self, event: Event) -> None:
         if self._file is None:
             raise ConfigurationError(f"the recorder for {self.path} is closed")
-        line = event.model_dump_json()
-        for secret in self._secrets:
-            if secret in line:
-                line = line.replace(secret, _REDACTED)
-        self._file.write(line + "\n")
+        self._file.write(redact(event.model_dump_json(), self._secrets) + "\n")
         if isinstance(event, RunFinished) and event.depth == 0:
             self._file.flush()
 

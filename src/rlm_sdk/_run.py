@@ -29,17 +29,23 @@ import anyio
 import anyio.lowlevel
 
 from . import _protocol as proto
+from . import _window as window
 from ._budget import Budget
+from ._compaction import HistoryWindow, sub_call_chars
+from ._constants import DEFAULT_COMPACT_AT, MAX_EMPTY_REPLIES
+from ._conversation import Conversation, Dialect
 from ._events import (
     CellFinished,
     CellStarted,
     ChildRunStarted,
+    ConfirmationAsked,
     Event,
     EventBase,
     FinalAnswer,
     LimitReached,
     ModelRequest,
     ModelResponse,
+    ReplyParsed,
     RetryScheduled,
     RunFinished,
     RunStarted,
@@ -49,12 +55,25 @@ from ._events import (
     TurnStarted,
     WorkerRestarted,
 )
-from ._exceptions import LimitExceededError, RLMError
+from ._exceptions import (
+    APIStatusError,
+    ConfigurationError,
+    EmptyReplyError,
+    LimitExceededError,
+    RLMError,
+)
 from ._logging import get_logger
 from ._observe import current_observer
 from ._trajectory import TrajectoryBuilder
 from ._types import Limits, RLMResult, StopReason
-from .providers import ChatMessage, CompletionRequest, CompletionResponse, Provider
+from .providers import (
+    ChatMessage,
+    CompletionRequest,
+    CompletionResponse,
+    Provider,
+    ToolSpec,
+    supports_tools,
+)
 from .repl import CellResult, ContextData, ForkServer, REPLOptions, REPLSession, SubCallRequest
 
 __all__ = ["Handoff", "RunSettings", "run_tree"]
@@ -107,6 +126,12 @@ class RunSettings:
     prices: Mapping[str, tuple[float, float]]
     temperature: float | None = None
     max_tokens: int | None = None
+    context_windows: Mapping[str, int] = field(default_factory=dict)
+    """The user's context windows by model string or name, over the known ones."""
+    compact_at: float | None = DEFAULT_COMPACT_AT
+    """Compact a run's history when it passes this fraction of the model's window."""
+    protocol: Literal["fenced", "tools", "auto"] = "fenced"
+    """How the model runs code: fenced blocks, the REPL as a tool, or tools where supported."""
 
 
 @dataclass
@@ -118,6 +143,8 @@ class _Tree:
     sinks: Sequence[EventSink]
     item: int | None
     trajectories: TrajectoryBuilder = field(default_factory=TrajectoryBuilder)
+    tools_refused: set[str] = field(default_factory=set)
+    """Models whose server refused tools in this tree: later runs use fenced text at once."""
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -213,6 +240,29 @@ class _Run:
         self.repl.wanted.set()
 
 
+class _SubCallObserver:
+    """Observes a sub-call's model call for its run, so that its retries name the sub-call."""
+
+    __slots__ = ("call_id", "run")
+
+    def __init__(self, run: _Run, call_id: str) -> None:
+        self.run = run
+        self.call_id = call_id
+
+    def retry_scheduled(self, provider: str, attempt: int, delay_s: float, reason: str) -> None:
+        self.run.emit(
+            RetryScheduled,
+            provider=provider,
+            attempt=attempt,
+            delay_s=delay_s,
+            reason=reason,
+            call_id=self.call_id,
+        )
+
+    def request_sent(self) -> None:
+        self.run.request_sent()
+
+
 async def run_tree(
     settings: RunSettings,
     context: Handoff,
@@ -243,16 +293,22 @@ async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
     started = time.perf_counter()
     tree = run.tree
     description = proto.describe_context(context.peek())
-    messages = [
-        ChatMessage(
-            role="system",
-            content=proto.build_system_prompt(
-                description,
-                sub_model=tree.settings.sub_model,
-                can_recurse=tree.budget.can_recurse(run.depth),
-                tools=tree.settings.tool_docs,
+    protocol = _dialect(run)
+    prompts = {
+        dialect: proto.build_system_prompt(
+            description,
+            sub_model=tree.settings.sub_model,
+            can_recurse=tree.budget.can_recurse(run.depth),
+            tools=tree.settings.tool_docs,
+            sub_chars=sub_call_chars(
+                tree.settings.sub_model, tree.settings.context_windows, tree.settings.max_tokens
             ),
-        ),
+            protocol=dialect,
+        )
+        for dialect in {protocol, "fenced"}
+    }
+    messages = [
+        ChatMessage(role="system", content=prompts[protocol]),
         ChatMessage(role="user", content=proto.build_user_prompt(query)),
     ]
     run.emit(
@@ -283,7 +339,7 @@ async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run.repl.hold, open_session)
                 try:
-                    answer, reason = await _turns(run, messages)
+                    answer, reason = await _turns(run, messages, protocol, prompts["fenced"])
                 finally:
                     run.repl.release()
                     context.take()  # a REPL never opened: drop it now
@@ -295,6 +351,25 @@ async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
         raise
     run.emit(FinalAnswer, answer=answer or "", source=reason)
     return _finish(run, answer, reason, started)
+
+
+def _dialect(run: _Run) -> Dialect:
+    """The protocol this run starts with: ``auto`` is tools where the provider has them and
+    no server of this tree refused them for the model.
+
+    Raises:
+        ConfigurationError: ``protocol="tools"`` with a provider that has no tool calling.
+    """
+    settings = run.tree.settings
+    if settings.protocol == "fenced" or run.model in run.tree.tools_refused:
+        return "fenced"
+    able = supports_tools(settings.provider, run.model)
+    if settings.protocol == "tools" and not able:
+        raise ConfigurationError(
+            f"protocol='tools' needs a provider with tool calling, and {settings.provider!r} "
+            f"has none for {run.model!r}; use protocol='auto' or 'fenced'"
+        )
+    return "tools" if able else "fenced"
 
 
 def _why_stopped(run: _Run, exc: BaseException) -> tuple[StopReason, str]:
@@ -342,55 +417,210 @@ def _finish(
 # --- turns ---------------------------------------------------------------------------------
 
 
-async def _turns(run: _Run, messages: list[ChatMessage]) -> tuple[str | None, StopReason]:
+async def _turns(
+    run: _Run, messages: list[ChatMessage], protocol: Dialect, fenced_prompt: str
+) -> tuple[str | None, StopReason]:
     """The turn loop; returns the answer and why the run ended."""
+    settings = run.tree.settings
+    repl = run.repl
+
+    async def ask(
+        request: list[ChatMessage],
+        purpose: Literal["turn", "final", "compaction"],
+        tools: list[ToolSpec] | None,
+    ) -> CompletionResponse:
+        return await _ask(run, run.model, request, purpose, tools=tools)
+
+    async def archive(code: str) -> object:
+        return await (await repl.get()).run_cell(code)
+
+    window = HistoryWindow(
+        run.model,
+        settings.context_windows,
+        settings.compact_at,
+        settings.max_tokens,
+        messages[1].content,
+    )
+    state = Conversation(
+        run.model, window, protocol, fenced_prompt, run.tree.tools_refused, ask, archive, run.emit
+    )
     for iteration in range(1, run.tree.budget.max_iterations + 1):
         run.tree.budget.charge_call()  # a turn the budget forbids does not start
         run.emit(TurnStarted, iteration=iteration)
-        response = await _ask(run, run.model, messages, "turn")
-        parsed = proto.parse_reply(response.text)
-        cells, code_answer = await _run_cells(run, iteration, parsed.code_blocks)
-        answer: str | None = None
-        reason: StopReason = "final_var"
-        feedback: str | None = None
-        if code_answer is not None:
-            answer = code_answer
-        elif parsed.final is not None and parsed.final.kind == "var":
-            repl = await run.repl.get()
-            answer = await repl.get_variable(parsed.final.value)
-            if answer is None:
-                variables = await repl.list_variables()
-                feedback = proto.unknown_variable_feedback(parsed.final.value, variables)
-        elif parsed.final is not None:
-            answer, reason = parsed.final.value, "final_answer"
+        response = await state.send(messages, iteration, "turn")
+        if response.tool_calls:
+            answer, reason, said, feedback = await _tool_turn(run, state, iteration, response)
+        else:
+            answer, reason, said, feedback = await _text_turn(run, state, iteration, response)
         if answer is not None:
             run.emit(TurnFinished, iteration=iteration, final_answer=answer)
             return answer, reason
-        if feedback is None:
-            feedback = (
-                proto.format_cell_feedback(
-                    [_cell_view(c) for c in cells],
-                    parsed.problems,
-                    limit=run.tree.settings.repl.output_limit,
-                )
-                if cells
-                else proto.no_code_reminder(parsed.problems)
-            )
         run.emit(TurnFinished, iteration=iteration, feedback=feedback)
-        messages.append(ChatMessage(role="assistant", content=response.text))
-        messages.append(ChatMessage(role="user", content=feedback))
-    return await _final_call(run, messages), "max_iterations"
+        messages.extend(said)
+    return await _final_call(run, messages, state), "max_iterations"
+
+
+Turn = tuple[str | None, StopReason, list[ChatMessage], str]
+"""A turn's answer (if taken), why, the messages it adds to the history, and its feedback."""
+
+
+async def _text_turn(
+    run: _Run, state: Conversation, iteration: int, response: CompletionResponse
+) -> Turn:
+    """A reply in text: its code blocks run, then its final answer is read (see ``_reply``)."""
+    parsed = proto.parse_reply(response.text)
+    problems = list(parsed.problems)
+    if parsed.empty:
+        state.empty += 1
+        problems.append(proto.empty_reply_problem(state.empty, MAX_EMPTY_REPLIES))
+    else:
+        state.empty = 0
+    run.emit(
+        ReplyParsed,
+        iteration=iteration,
+        fence=parsed.fence,
+        code_blocks=len(parsed.code_blocks),
+        final=None if parsed.final is None else parsed.final.kind,
+        notes=list(parsed.notes),
+        problems=problems,
+    )
+    if state.empty >= MAX_EMPTY_REPLIES:
+        raise EmptyReplyError(
+            f"the model sent {state.empty} empty replies in a row", replies=state.empty
+        )
+    cells, code_answer = await _run_cells(run, state, iteration, parsed.code_blocks)
+    answer, reason, notes = await _settle(run, state, iteration, parsed.final, cells, code_answer)
+    if answer is not None:
+        return answer, reason, [], ""
+    feedback = (
+        proto.format_cell_feedback(
+            [_cell_view(c) for c in cells],
+            [*problems, *notes],
+            limit=run.tree.settings.repl.output_limit,
+        )
+        if cells
+        else proto.no_code_reminder([*problems, *notes], empty=parsed.empty)
+    )
+    said = [
+        ChatMessage(role="assistant", content=parsed.history or "(empty reply)"),
+        ChatMessage(role="user", content=feedback),
+    ]
+    return None, reason, said, feedback
+
+
+async def _tool_turn(
+    run: _Run, state: Conversation, iteration: int, response: CompletionResponse
+) -> Turn:
+    """A reply with tool calls: each runs in order and gets its result, even a broken one.
+
+    A final answer among them follows the same rules as ``FINAL`` in text: written after
+    code in the same reply, it waits for the model to confirm it.
+    """
+    state.empty = 0
+    actions = proto.read_tool_calls(response.tool_calls)
+    final = next((a for a in actions if a.final is not None), None)
+    run.emit(
+        ReplyParsed,
+        iteration=iteration,
+        fence="tool_call",
+        code_blocks=sum(a.code is not None for a in actions),
+        final=None if final is None or final.final is None else final.final.kind,
+        notes=[f"{len(actions)} tool call(s): {', '.join(a.call.name for a in actions)}"],
+        problems=[f"{a.call.name}: {a.error}" for a in actions if a.error is not None],
+    )
+    results: dict[str, str] = {}
+    cells: list[CellResult] = []
+    code_answer: str | None = None
+    limit = run.tree.settings.repl.output_limit
+    for action in actions:
+        if action.error is not None:
+            results[action.call.id] = f"Error: {action.error}"
+        elif action.code is not None and code_answer is None:
+            ran, code_answer = await _run_cells(run, state, iteration, [action.code], len(cells))
+            cells.extend(ran)
+            results[action.call.id] = proto.format_cell_feedback(
+                [_cell_view(c) for c in ran], [], limit=limit
+            )
+    answer, reason, notes = await _settle(
+        run, state, iteration, None if final is None else final.final, cells, code_answer
+    )
+    if answer is not None:
+        return answer, reason, [], ""
+    for action in actions:
+        if action is final:
+            results[action.call.id] = " ".join(notes) or "Not taken."
+        results.setdefault(action.call.id, "Not run: an earlier call already gave the answer.")
+    said = [
+        ChatMessage(role="assistant", content=response.text, tool_calls=tuple(response.tool_calls)),
+        *(
+            ChatMessage(role="tool", content=results[a.call.id], tool_call_id=a.call.id)
+            for a in actions
+        ),
+    ]
+    return None, reason, said, "\n\n".join(results[a.call.id] for a in actions)
+
+
+async def _settle(
+    run: _Run,
+    state: Conversation,
+    iteration: int,
+    final: proto.FinalAnswer | None,
+    cells: Sequence[CellResult],
+    code_answer: str | None,
+) -> tuple[str | None, StopReason, list[str]]:
+    """The turn's answer, if it has one it can take; else what to tell the model about it.
+
+    An answer written in the same reply as code was written before the model saw the
+    code's output. It stands when it names a variable that code bound, with no cell
+    failing; otherwise the model is asked once to confirm it, after seeing the output.
+    """
+    if code_answer is not None:
+        return code_answer, "final_var", []
+    if final is None:
+        return None, "final_answer", []
+    answer, name = await _resolve(run, state, final)
+    if answer is None:
+        repl = await run.repl.get()
+        variables = await repl.list_variables()
+        return None, "final_var", [proto.unknown_variable_feedback(final.value, variables)]
+    reason: StopReason = "final_answer" if name is None else "final_var"
+    if cells and answer != state.unconfirmed:
+        bound = {n for cell in cells for n in cell.defined_names}
+        failed = any(cell.error is not None or cell.restarted for cell in cells)
+        if name is None or name not in bound or failed:
+            state.unconfirmed = answer
+            run.emit(ConfirmationAsked, iteration=iteration, answer=answer)
+            return None, reason, [proto.confirm_final_prompt(final)]
+    return answer, reason, []
+
+
+async def _resolve(
+    run: _Run, state: Conversation, final: proto.FinalAnswer
+) -> tuple[str | None, str | None]:
+    """A final answer's text, and the variable it came from (``None`` for literal text).
+
+    ``FINAL_VAR(name)`` is the variable's value (``None`` if there is none); ``FINAL(name)``
+    is the value of a variable the run's code bound, else the text itself.
+    """
+    if final.kind == "var":
+        value = await (await run.repl.get()).get_variable(final.value)
+        return value, final.value
+    if final.name is not None and final.name in state.defined:
+        value = await (await run.repl.get()).get_variable(final.name)
+        if value is not None:
+            return value, final.name
+    return final.value, None
 
 
 async def _run_cells(
-    run: _Run, iteration: int, blocks: Sequence[str]
+    run: _Run, state: Conversation, iteration: int, blocks: Sequence[str], first: int = 0
 ) -> tuple[list[CellResult], str | None]:
-    """Run a reply's blocks in order, until one gives a final answer."""
+    """Run a reply's blocks in order (numbered from ``first``), until one gives a final answer."""
     results: list[CellResult] = []
     if not blocks:
         return results, None
     repl = await run.repl.get()
-    for index, code in enumerate(blocks):
+    for index, code in enumerate(blocks, start=first):
         run.emit(CellStarted, iteration=iteration, cell=index, code=code)
         result = await repl.run_cell(code)
         results.append(result)
@@ -412,24 +642,26 @@ async def _run_cells(
         if result.restarted:
             reason = "the worker was restarted" if error is None else _error_text(error)
             run.emit(WorkerRestarted, reason=reason)
+            state.defined.clear()
+        state.defined.update(result.defined_names)
         if result.final_answer is not None:
             return results, result.final_answer
     return results, None
 
 
-async def _final_call(run: _Run, messages: list[ChatMessage]) -> str | None:
+async def _final_call(run: _Run, messages: list[ChatMessage], state: Conversation) -> str | None:
     """The iteration limit was reached: one last call for the best answer."""
     iteration = run.tree.budget.max_iterations + 1
     run.tree.budget.charge_call()
     run.emit(TurnStarted, iteration=iteration)
-    final_messages = [*messages, ChatMessage(role="user", content=proto.final_call_prompt())]
-    response = await _ask(run, run.model, final_messages, "final")
-    parsed = proto.parse_reply(response.text)
+    prompt = proto.final_call_prompt(state.protocol)
+    final_messages = [*messages, ChatMessage(role="user", content=prompt)]
+    response = await state.send(final_messages, iteration, "final")
+    called = [a.final for a in proto.read_tool_calls(response.tool_calls) if a.final is not None]
+    final = called[0] if called else proto.parse_reply(response.text).final
     answer: str | None
-    if parsed.final is not None and parsed.final.kind == "var":
-        answer = await (await run.repl.get()).get_variable(parsed.final.value)
-    elif parsed.final is not None:
-        answer = parsed.final.value
+    if final is not None:
+        answer, _ = await _resolve(run, state, final)
     else:
         answer = response.text.strip() or None
     run.emit(TurnFinished, iteration=iteration, final_answer=answer)
@@ -440,36 +672,57 @@ async def _ask(
     run: _Run,
     model: str,
     messages: list[ChatMessage],
-    purpose: Literal["turn", "final", "sub_call"],
+    purpose: Literal["turn", "final", "sub_call", "compaction"],
+    *,
+    tools: list[ToolSpec] | None = None,
+    call_id: str | None = None,
 ) -> CompletionResponse:
-    """One model call, charged to the budget and observed by ``run``."""
+    """One model call, charged to the budget and observed by ``run`` (for the sub-call
+    ``call_id``, if it serves one).
+
+    The response's text comes back without its ``<think>`` blocks, which join the
+    provider's reasoning field in ``reasoning``; the event keeps the raw text.
+    """
     tree = run.tree
     tree.budget.charge_call()
-    run.emit(ModelRequest, model=model, messages=len(messages), purpose=purpose)
+    run.emit(ModelRequest, model=model, messages=len(messages), purpose=purpose, call_id=call_id)
     request = CompletionRequest(
         model=model,
         messages=messages,
         temperature=tree.settings.temperature,
         max_tokens=tree.settings.max_tokens,
+        tools=tools,
     )
-    token = current_observer.set(run)
+    token = current_observer.set(run if call_id is None else _SubCallObserver(run, call_id))
     try:
         response = await tree.settings.provider.acomplete(request)
     finally:
         current_observer.reset(token)
     cost = tree.budget.record(model, response)
+    raw = response.text
+    text, thoughts = proto.split_reasoning(raw)
+    reasoning = "\n\n".join(r for r in (response.reasoning, thoughts) if r) or None
+    update: dict[str, Any] = {}
     if cost != response.usage.cost:  # priced from the user's table
-        usage = response.usage.model_copy(update={"cost": cost})
-        response = response.model_copy(update={"usage": usage})
+        update["usage"] = response.usage.model_copy(update={"cost": cost})
+    if text is not raw or reasoning != response.reasoning:
+        update.update(text=text, reasoning=reasoning)
+    if update:
+        response = response.model_copy(update=update)
     run.emit(
         ModelResponse,
         model=model,
-        text=response.text,
+        text=raw,
+        reasoning=reasoning,
+        tool_calls=list(response.tool_calls),
+        finish_reason=response.finish_reason,
+        response_model=response.model,
         latency_s=response.latency_s,
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
         cost=response.usage.cost,
         purpose=purpose,
+        call_id=call_id,
     )
     return response
 
@@ -512,14 +765,31 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
                 error = f"the child run ended without an answer ({child_result.stop_reason})"
             response = child_result.answer or ""
         else:
-            reply = await _ask(run, model, [ChatMessage(role="user", content=prompt)], "sub_call")
+            settings = run.tree.settings
+            tokens = window.estimate_tokens(prompt) + window.MESSAGE_OVERHEAD_TOKENS
+            size = window.context_window(model, settings.context_windows)
+            if size is not None and tokens > size - window.reply_reserve(size, settings.max_tokens):
+                raise _Oversize(window.oversize_error(model, tokens, size))
+            try:
+                reply = await _ask(
+                    run,
+                    model,
+                    [ChatMessage(role="user", content=prompt)],
+                    "sub_call",
+                    call_id=call_id,
+                )
+            except APIStatusError as err:
+                if not window.is_context_length_error(err):
+                    raise
+                raise _Oversize(window.oversize_error(model, tokens, size, sent=True)) from err
             response = reply.text
             usage = {
                 "prompt_tokens": reply.usage.prompt_tokens,
                 "completion_tokens": reply.usage.completion_tokens,
                 "cost": reply.usage.cost,
+                "reasoning": reply.reasoning,
             }
-    except LimitExceededError as err:
+    except (LimitExceededError, _Oversize) as err:
         error = str(err)
     except Exception as err:  # one failed sub-call never fails its siblings or the cell
         error = f"{type(err).__name__}: {err}"
@@ -541,6 +811,10 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+class _Oversize(Exception):
+    """A sub-call prompt that cannot fit its model's window (the text is the model's message)."""
 
 
 class _SingleErrors:

@@ -21,9 +21,12 @@ from ._events import (
     CellFinished,
     CellStarted,
     ChildRunStarted,
+    ConfirmationAsked,
     Event,
     EventBase,
+    HistoryCompacted,
     ModelResponse,
+    ReplyParsed,
     RunFinished,
     RunStarted,
     SubCallFinished,
@@ -61,12 +64,18 @@ class TrajectoryBuilder:
         if isinstance(event, TurnStarted):
             t.turns.append(TurnRecord(iteration=event.iteration, model=t.model, reply=""))
         elif isinstance(event, ModelResponse):
-            if event.purpose != "sub_call" and t.turns:
+            if event.purpose in ("turn", "final") and t.turns:
                 _copy_shared(event, t.turns[-1])
                 t.turns[-1].reply = event.text
-        elif isinstance(event, TurnFinished):
+        elif isinstance(event, TurnFinished | ReplyParsed):
             if t.turns:
                 _copy_shared(event, t.turns[-1])
+        elif isinstance(event, ConfirmationAsked):
+            if t.turns:
+                t.turns[-1].unconfirmed_answer = event.answer
+        elif isinstance(event, HistoryCompacted):
+            if t.turns:
+                t.turns[-1].compaction = event.summary or "(the history was cut to fit)"
         elif isinstance(event, CellStarted):
             if t.turns:
                 cell = CellRecord(code=event.code)

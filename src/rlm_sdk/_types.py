@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ._constants import DEFAULT_MAX_CONCURRENT_SUBCALLS, DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITERATIONS
 
@@ -20,6 +20,7 @@ __all__ = [
     "RLMResult",
     "StopReason",
     "SubCallRecord",
+    "ToolCall",
     "Trajectory",
     "TurnRecord",
     "Usage",
@@ -123,6 +124,19 @@ class Usage(BaseModel):
             entry.cost = (entry.cost or 0.0) + cost
 
 
+class ToolCall(BaseModel):
+    """A call the model made: its id (to pair it with its result), the function and arguments.
+
+    ``arguments`` is the JSON text as the model wrote it, which may not be valid JSON.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
 class SubCallRecord(BaseModel):
     """One ``llm_query`` / ``rlm_query`` made by a cell; ``child`` holds an RLM child's run."""
 
@@ -136,6 +150,8 @@ class SubCallRecord(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = None
+    reasoning: str | None = None
+    """The sub-model's reasoning, kept out of the answer the code got."""
     child: Trajectory | None = None
 
 
@@ -166,7 +182,23 @@ class TurnRecord(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float | None = None
+    reasoning: str | None = None
+    """Reasoning kept out of the reply (a provider's reasoning field, ``<think>`` blocks)."""
+    finish_reason: str | None = None
+    """Why the model stopped: ``"stop"``, or ``"length"`` when ``max_tokens`` cut the reply."""
+    fence: str | None = None
+    """Where the code that ran came from (``repl``, ``python``, ``bare``, ...)."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """The tools the model called in this reply (``protocol="tools"``)."""
+    notes: list[str] = Field(default_factory=list)
+    """The dialect rules the reply needed (a glued fence, a ``python`` block, ...)."""
+    problems: list[str] = Field(default_factory=list)
+    """What was wrong with the reply (an unclosed fence, an empty reply, ...)."""
+    compaction: str | None = None
+    """The summary that replaced older turns before this turn's call, if the history was compacted."""
     cells: list[CellRecord] = Field(default_factory=list)
+    unconfirmed_answer: str | None = None
+    """A final answer given with code in the same reply, that the model was asked to confirm."""
     feedback: str | None = None
     final_answer: str | None = None
 

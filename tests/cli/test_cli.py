@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,89 @@ def test_demo_with_only_a_key_runs_for_real_against_the_configured_server() -> N
     assert done.returncode == 0, done.stderr
     assert "Running for real with openai:gpt-5-mini" in done.stdout
     assert "OFFLINE" not in done.stdout
+
+
+def _never_answers(body: dict[str, object]) -> dict[str, object]:
+    """A scripted model that only ever writes a cell, and reports a cost of $0.01 per call."""
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"{F}repl\nprint(1)\n{F}"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.01},
+    }
+
+
+def test_run_passes_max_tokens_isolation_and_records_the_trajectory(tmp_path: Path) -> None:
+    """`--max-tokens` reaches every request, `--isolation none` the worker, and `--record`
+    writes a JSONL file that loads back into the printed result."""
+    from rlm_sdk import load_runs
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("one\ntwo\n")
+    trace = tmp_path / "trace.jsonl"
+    with FakeChatServer(_count_policy) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-local"}
+        done = _cli(
+            *("run", str(doc), "-q", "How many lines?", "--model", "openai:fake", "--json"),
+            *("--max-tokens", "7", "--isolation", "none", "--record", str(trace)),
+            env=env,
+        )
+        bodies = [r.json for r in server.requests]
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"] == "2"
+    assert [b["max_tokens"] for b in bodies] == [7, 7]
+    assert result["isolation"] == ["rlimits"]
+    (saved,) = load_runs(trace)
+    assert saved.result is not None and saved.result.model_dump(mode="json") == result
+
+
+def test_run_stops_at_the_timeout_and_says_why(tmp_path: Path) -> None:
+    """`--timeout` bounds the run's wall time: it ends with stop reason `limit`, exit status 1,
+    and one line on stderr naming the limit."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("x")
+    sleeper = f"{F}repl\nimport time\ntime.sleep(60)\n{F}"
+    with FakeChatServer(lambda body: sleeper) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-local"}
+        started = time.monotonic()
+        done = _cli(
+            *("run", str(doc), "-q", "q", "--model", "openai:fake", "--json", "--timeout", "2"),
+            env=env,
+        )
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["stop_reason"] == "limit"
+    assert done.stderr.strip().splitlines() == ["rlm-sdk: stopped: wall time of 2.0 s exceeded"]
+
+
+def test_batch_items_stop_at_max_cost(tmp_path: Path) -> None:
+    """`--max-cost` bounds each batch item's spend: an item that would go on for ever fails
+    with the cost limit, and the batch exits 1."""
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"id": "a", "context": "x", "query": "q"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    with FakeChatServer(_never_answers) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-local"}
+        done = _cli(
+            *("batch", str(items), "-o", str(out), "--model", "openai:fake"),
+            *("--max-cost", "0.015", "--max-iterations", "10"),
+            env=env,
+        )
+        calls = len(server.requests)
+    assert done.returncode == 1, done.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["error_type"] == "LimitExceededError" and "cost" in row["error"]
+    assert calls == 2
+
+
+def test_budget_options_refuse_values_that_are_not_positive() -> None:
+    """`--max-tokens 0`, `--timeout -1` and `--max-cost nan` are usage errors, not tracebacks."""
+    for option, value in (("--max-tokens", "0"), ("--timeout", "-1"), ("--max-cost", "nan")):
+        done = _cli("run", "-q", "q", option, value)
+        assert done.returncode == 2
+        assert f"argument {option}: must be" in done.stderr and "Traceback" not in done.stderr

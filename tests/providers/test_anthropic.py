@@ -121,6 +121,8 @@ async def test_response_mapping(anthropic_api: respx.MockRouter) -> None:
     assert reply.model_dump(exclude={"latency_s"}) == snapshot(
         {
             "text": "Hello, world",
+            "reasoning": "hmm",
+            "tool_calls": [],
             "finish_reason": "end_turn",
             "usage": {"prompt_tokens": 115, "completion_tokens": 4, "cost": None},
             "model": "claude-sonnet-4-5-20250929",
@@ -133,14 +135,14 @@ async def test_response_mapping(anthropic_api: respx.MockRouter) -> None:
     ("body", "message"),
     [
         pytest.param(
-            {"content": [], "stop_reason": "end_turn"},
-            "no text block in the reply (stop_reason='end_turn')",
-            id="empty",
+            {"content": [], "stop_reason": "max_tokens"},
+            "no text block in the reply (stop_reason='max_tokens')",
+            id="empty-cut-off",
         ),
         pytest.param(
-            {"content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+            {"content": [{"type": "image", "source": {}}], "stop_reason": "end_turn"},
             "no text block",
-            id="tool-use-only",
+            id="no-text-nor-tool-use",
         ),
         pytest.param(
             {"type": "error", "error": {"type": "overloaded_error"}},
@@ -251,3 +253,28 @@ async def test_given_client_not_closed(anthropic_api: respx.MockRouter) -> None:
         await provider.acomplete(chat())
     assert not client.is_closed
     await client.aclose()
+
+
+async def test_an_empty_reply_that_ended_its_turn_is_empty_text(
+    anthropic_api: respx.MockRouter,
+) -> None:
+    """No content block at all with stop_reason end_turn is an empty reply, not a server fault."""
+    anthropic_api.post("/messages").respond(json={"content": [], "stop_reason": "end_turn"})
+    async with AnthropicProvider(api_key=KEY) as provider:
+        reply = await provider.acomplete(chat())
+    assert (reply.text, reply.reasoning) == ("", None)
+
+
+async def test_redacted_thinking_is_recorded_as_such(anthropic_api: respx.MockRouter) -> None:
+    """A redacted thinking block says it was there, and its data never becomes text."""
+    body = {
+        "content": [
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "text", "text": "ok"},
+        ],
+        "stop_reason": "end_turn",
+    }
+    anthropic_api.post("/messages").respond(json=body)
+    async with AnthropicProvider(api_key=KEY) as provider:
+        reply = await provider.acomplete(chat())
+    assert (reply.text, reply.reasoning) == ("ok", "[redacted thinking]")

@@ -131,6 +131,21 @@ async def test_authentication_error_names_the_variable(local_api: respx.MockRout
     )
 
 
+async def test_not_found_names_the_url_and_reads_a_fastapi_detail(
+    local_api: respx.MockRouter,
+) -> None:
+    """A 404 with FastAPI's ``{"detail": ...}`` body (llama.cpp's server, vLLM) quotes the
+    detail and names the URL that was posted to."""
+    local_api.post("/chat/completions").respond(404, json={"detail": "Not Found"})
+    async with provider() as p:
+        with pytest.raises(BadRequestError) as caught:
+            await p.acomplete(chat())
+    assert caught.value.message == (
+        f"openai answered 404: Not Found (POST {p.base_url}/chat/completions: "
+        "check base_url and the model name)"
+    )
+
+
 async def test_recovers_after_a_retry(
     local_api: respx.MockRouter, retry_delays: list[float]
 ) -> None:

@@ -113,6 +113,8 @@ async def test_response_mapping(local_api: respx.MockRouter) -> None:
     assert reply.model_dump(exclude={"latency_s"}) == snapshot(
         {
             "text": "Hello",
+            "reasoning": None,
+            "tool_calls": [],
             "finish_reason": "stop",
             "usage": {"prompt_tokens": 12, "completion_tokens": 3, "cost": 0.0021},
             "model": "gpt-x-2025",
@@ -134,6 +136,28 @@ async def test_response_without_usage_or_request_id_header(local_api: respx.Mock
         "chatcmpl-7",
         "m",
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "text", "reasoning"),
+    [
+        pytest.param({"content": "a", "reasoning_content": "r"}, "a", "r", id="reasoning_content"),
+        pytest.param({"content": "a", "reasoning": "r"}, "a", "r", id="reasoning"),
+        pytest.param({"content": None, "reasoning_content": "r"}, "", "r", id="only-reasoning"),
+        pytest.param({"content": None}, "", None, id="null-content-that-stopped"),
+        pytest.param({"content": "a", "reasoning": {"effort": "low"}}, "a", None, id="not-text"),
+    ],
+)
+async def test_reasoning_fields(
+    local_api: respx.MockRouter, message: dict[str, object], text: str, reasoning: str | None
+) -> None:
+    """A reasoning model's separate reasoning is kept apart from the text; null content that
+    finished normally is an empty reply."""
+    body = {"choices": [{"message": message, "finish_reason": "stop"}]}
+    local_api.post("/chat/completions").respond(json=body)
+    async with OpenAICompatibleProvider(base_url=LOCAL_URL) as provider:
+        reply = await provider.acomplete(chat())
+    assert (reply.text, reply.reasoning) == (text, reasoning)
 
 
 @pytest.mark.parametrize(

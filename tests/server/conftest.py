@@ -7,13 +7,12 @@ on 127.0.0.1, exactly as ``rlm-sdk serve`` runs it; tests talk to it over real s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rlm_sdk.testing import ScriptedProvider
-from tests.server.helpers import CHROMIUM, CHROMIUM_ARGS, IN_CI, LiveServer, serve_in_thread
+from tests.server.helpers import LiveServer, chromium_page, serve_in_thread
 
 
 @pytest.fixture
@@ -33,26 +32,7 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
 
 
 @pytest.fixture
-async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
+async def browser_page() -> AsyncIterator[Any]:
     """A fresh page in headless Chromium; fails in CI (skips locally) without Chromium."""
-    if not Path(CHROMIUM).exists():
-        message = (
-            f"Chromium not found at {CHROMIUM} (install Debian's chromium or set RLM_CHROMIUM)"
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1360, "height": 900})
-            page = await context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            yield page
-            await context.close()
-            assert not errors, f"JavaScript errors on the page: {errors}"
-        finally:
-            await browser.close()
+    async with chromium_page() as page:
+        yield page

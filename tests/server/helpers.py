@@ -6,12 +6,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 
 from rlm_sdk import CompletionRequest
@@ -154,3 +155,32 @@ def serve_in_thread(
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+@asynccontextmanager
+async def chromium_page() -> AsyncIterator[Any]:
+    """A fresh page in headless Chromium; fails in CI (skips locally) without Chromium.
+
+    On leaving, the page must have raised no JavaScript error.
+    """
+    if not Path(CHROMIUM).exists():
+        message = (
+            f"Chromium not found at {CHROMIUM} (install Debian's chromium or set RLM_CHROMIUM)"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1360, "height": 900})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            yield page
+            await context.close()
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            await browser.close()

@@ -214,3 +214,21 @@ async def test_a_client_that_leaves_cancels_its_run(live_server: StartServer) ->
             await anyio.sleep(0.05)
     assert seen or not Path("/proc/self/task").exists()  # the sleeping cell's worker existed
     assert len(server.provider.requests) == 1
+
+
+async def test_the_servers_token_cap_and_timeout_bound_every_run(
+    live_server: StartServer,
+) -> None:
+    """``max_tokens`` and ``max_wall_time`` from the server's config reach every model call
+    and every run: a run past its deadline ends with the limit, not a hang."""
+    server = live_server(ScriptedProvider(sleeping_policy), max_tokens=48, max_wall_time=1.0)
+    async with client_for(server) as client:
+        with anyio.fail_after(30):
+            completion = await client.chat.completions.create(
+                model=f"rlm:{ROOT}",
+                messages=[{"role": "user", "content": "ctx"}, {"role": "user", "content": "q"}],
+            )
+    run = (completion.model_extra or {})["rlm"]
+    assert run["stop_reason"] == "limit" and "wall time" in run["error"]
+    assert completion.choices[0].finish_reason == "length"
+    assert [r.max_tokens for r in server.provider.requests] == [48]

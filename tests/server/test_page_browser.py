@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from rlm_sdk import RecursiveLM
+from rlm_sdk import CompletionRequest, CompletionResponse, RecursiveLM
 from rlm_sdk._recorder import JSONLRecorder
-from rlm_sdk.testing import ScriptedProvider
+from rlm_sdk.testing import ScriptedProvider, tool_reply
 from tests.server.helpers import (
     ROOT,
     ROOT_MARK,
@@ -132,3 +132,69 @@ async def test_saved_trajectory_renders_like_a_live_run(
     assert await page.text_content("#stat-turns") == "4"
     assert "saved-run.jsonl" in (await page.text_content("#run-title") or "")
     assert server.provider.requests == []
+
+
+async def test_how_each_reply_was_read_is_shown(
+    live_server: StartServer, browser_page: Any, tmp_path: Path
+) -> None:
+    """Reasoning collapsed, a glued fence and a python block run, a confirmation asked: all shown."""
+    first = CompletionResponse(
+        text="<think>\nplan: count\n</think>\nCode:\n```python\nprint(len(context))```",
+        reasoning="the field's reasoning",
+        model=ROOT,
+    )
+    guess = "```repl\nx = len(context)\n```\nREPL output: 99\nFINAL(99)"
+    server = live_server(ScriptedProvider([first, guess, "FINAL_VAR(x)"]))
+    page = browser_page
+    await open_page(page, server)
+    await page.fill("#context", "abc")
+    await page.click("#run-button")
+    await page.wait_for_selector("#run-status[data-status=finished]", timeout=WAIT_MS)
+    await page.screenshot(path=str(tmp_path / "dialects.png"), full_page=True)
+    assert await page.text_content("#final-answer") == "3"
+    reasoning = page.locator("details.reasoning").first
+    assert not await reasoning.get_attribute("open")  # collapsed
+    summary = await reasoning.locator("summary").text_content()
+    assert summary is not None and summary.startswith("reasoning ·")
+    assert "<think>" not in (await page.locator(".reply").first.text_content() or "")
+    read = await page.locator(".note.read").first.text_content()
+    assert read is not None and read.startswith("code from python") and "glued" in read
+    asked = await page.locator(".note.confirmation").first.text_content()
+    assert asked is not None and "99" in asked
+    assert await page.text_content("#stat-cells") == "2"
+
+
+def _tools_policy(request: CompletionRequest) -> CompletionResponse | str:
+    """A stand-in model that calls the REPL tool until its history is compacted, then answers."""
+    if request.messages[-1].content.startswith("This conversation is about to outgrow"):
+        return "Summary: printed long lines three times."
+    if "were summarised" in request.messages[1].content:
+        return tool_reply(("final_answer", {"answer": "done"}))
+    return tool_reply(("repl", {"code": "print('y' * 1500)"}))
+
+
+async def test_tool_calls_and_compactions_are_shown(
+    live_server: StartServer, browser_page: Any, tmp_path: Path
+) -> None:
+    """A saved run made with tools and a small window: its calls and its compaction appear."""
+    path = tmp_path / "tools-run.jsonl"
+    with JSONLRecorder(path) as recorder:
+        async with RecursiveLM(
+            ROOT,
+            provider=ScriptedProvider(_tools_policy),
+            protocol="tools",
+            context_windows={ROOT: 2_500},
+        ) as rlm:
+            result = await rlm.acomplete("ctx", "q", on_event=recorder)
+    assert result.answer == "done"
+    server = live_server(ScriptedProvider(["FINAL(unused)"]))
+    page = browser_page
+    await open_page(page, server)
+    await page.set_input_files("#trajectory-upload", str(path))
+    await page.wait_for_selector("#run-status[data-status=saved]", timeout=WAIT_MS)
+    await page.screenshot(path=str(tmp_path / "tools.png"), full_page=True)
+    assert await page.text_content("#final-answer") == "done"
+    assert await page.locator(".tool-call .call-fn", has_text="repl").count() >= 3
+    compaction = await page.locator(".note.compaction summary").first.text_content()
+    assert compaction is not None and compaction.startswith("History compacted")
+    assert "history" in compaction

@@ -207,3 +207,34 @@ def test_latency_counts_from_arrival_even_when_the_server_is_busy() -> None:
     # Stamped when read, the last of the four would wait about 0.3 s more than the first.
     assert took[0] >= 0.6
     assert took[-1] - took[0] < 0.2, took
+
+
+def test_a_reply_function_can_call_tools() -> None:
+    """A reply of {"tool_calls": [...]} goes out as an assistant message with function calls."""
+
+    def reply(body: dict[str, Any]) -> dict[str, Any]:
+        return {"tool_calls": [{"name": "repl", "arguments": {"code": "print(1)"}}]}
+
+    with FakeChatServer(reply) as fake, httpx.Client() as client:
+        data = client.post(f"{fake.base_url}/chat/completions", json=CHAT, timeout=5).json()
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "repl", "arguments": '{"code": "print(1)"}'},
+        }
+    ]
+
+
+def test_a_server_without_tools_refuses_them_by_name() -> None:
+    """tools=False: a request carrying tools gets a 400 whose error names them; others pass."""
+    with FakeChatServer(tools=False) as fake, httpx.Client() as client:
+        refused = client.post(
+            f"{fake.base_url}/chat/completions", json={**CHAT, "tools": []}, timeout=5
+        )
+        plain = client.post(f"{fake.base_url}/chat/completions", json=CHAT, timeout=5)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tools"
+    assert plain.status_code == 200

@@ -137,3 +137,19 @@ def test_public_names_sorted_and_complete() -> None:
     names = rlm_sdk.testing.__all__
     assert names == sorted(names)
     assert all(hasattr(rlm_sdk.testing, name) for name in names)
+
+
+async def test_tool_reply_scripts_calls_with_raw_or_mapped_arguments() -> None:
+    """tool_reply makes a reply whose calls carry JSON arguments, or a raw string as given."""
+    from rlm_sdk.testing import tool_reply
+
+    reply = tool_reply(("repl", {"code": "x = 1"}), ("repl", "{not json"), text="Running.")
+    provider = ScriptedProvider([reply])
+    assert provider.supports_tools is True
+    got = await provider.acomplete(CompletionRequest(model="m", messages=[]))
+    assert got.text == "Running." and got.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in got.tool_calls] == [
+        ("call_1", "repl", '{"code": "x = 1"}'),
+        ("call_2", "repl", "{not json"),
+    ]
+    assert ScriptedProvider(["x"], tools=False).supports_tools is False

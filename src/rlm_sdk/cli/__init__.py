@@ -8,19 +8,45 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+from ._eval import add_eval_parser, cmd_eval
+
+if TYPE_CHECKING:
+    from rlm_sdk import JSONLRecorder, RLMResult
 
 __all__ = ["main"]
 
 _NEEDS_RICH = "rlm-sdk: the {what} needs rich, which is not installed: pip install 'rlm-sdk[cli]'"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # refuses nan too
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
+    return value
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -32,6 +58,37 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--max-depth", type=int, default=None, help="recursion depth of rlm_query (default 1)"
     )
     p.add_argument("--max-iterations", type=int, default=None, help="turns per run (default 20)")
+    p.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="cap on the tokens of each model reply (default: the server's own)",
+    )
+    p.add_argument(
+        "--max-cost",
+        type=_positive_float,
+        default=None,
+        metavar="USD",
+        help="stop a run once its whole tree has cost this much (needs reported costs)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a run after this much wall time (each item's, in a batch)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=("auto", "strict", "none"),
+        default=None,
+        help="the REPL worker's sandbox: every layer the host has (auto, the default), "
+        "all of them or fail (strict), or resource limits only (none, for trusted code)",
+    )
+    p.add_argument(
+        "--record", type=Path, metavar="FILE", help="write every event to this JSONL trajectory"
+    )
     p.add_argument("--verbose", action="store_true", help="show each step of the run live")
     p.add_argument(
         "-v", dest="log_level", action="count", default=0, help="log to stderr (-v info, -vv debug)"
@@ -78,15 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("-q", "--query", help="the query for every item (required for a folder)")
     batch.add_argument("-c", "--concurrency", type=int, default=8, help="items in flight at once")
-    batch.add_argument(
-        "--record", type=Path, help="also write every event to this JSONL trajectory file"
-    )
     _add_model_options(batch)
 
     view = sub.add_parser("view", help="render a saved JSONL trajectory in the terminal")
     view.add_argument("file", type=Path)
     view.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
+    add_eval_parser(sub)  # rlm-sdk eval: its own module, cli/_eval.py
     try:
         from rlm_sdk.server import add_serve_parser
     except ImportError:  # pragma: no cover - the server package is part of the SDK
@@ -131,20 +186,46 @@ def _read_context(files: Sequence[Path]) -> str | list[str]:
 
 
 def _rlm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from rlm_sdk import Limits
+
     return {
         "sub_model": args.sub_model,
         "max_depth": args.max_depth,
         "max_iterations": args.max_iterations,
+        "max_tokens": args.max_tokens,
+        "limits": Limits(max_cost=args.max_cost, max_wall_time=args.timeout),
+        "isolation": args.isolation,
         "verbose": args.verbose,
     }
+
+
+def _recorder(args: argparse.Namespace, stack: contextlib.ExitStack) -> JSONLRecorder | None:
+    """The ``--record`` file's recorder, closed with ``stack``; ``None`` without the option."""
+    from rlm_sdk import JSONLRecorder
+
+    if args.record is None:
+        return None
+    try:
+        return stack.enter_context(JSONLRecorder(args.record))
+    except OSError as err:
+        raise SystemExit(f"rlm-sdk: cannot write {args.record}: {err.strerror}") from err
+
+
+def _say_why_stopped(result: RLMResult) -> None:
+    """A run that a budget stopped says which one, on stderr (stdout keeps the answer)."""
+    if result.stop_reason == "limit" and result.error:
+        print(f"rlm-sdk: stopped: {result.error}", file=sys.stderr)
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     from rlm_sdk import RecursiveLM
 
     context = _read_context(args.files)
-    async with RecursiveLM(args.model, **_rlm_kwargs(args)) as rlm:
-        result = await rlm.acomplete(context, args.query)
+    with contextlib.ExitStack() as stack:
+        recorder = _recorder(args, stack)
+        async with RecursiveLM(args.model, on_limit="return", **_rlm_kwargs(args)) as rlm:
+            result = await rlm.acomplete(context, args.query, on_event=recorder)
+    _say_why_stopped(result)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -184,12 +265,17 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
             "OFFLINE DEMO: no language model is called. A scripted test/demo double plays the "
             "model's part (set OPENAI_API_KEY or pass --model to use a real model)."
         )
-        rlm = RecursiveLM("scripted-niah", provider=ScriptedProvider(niah_policy), **kwargs)
+        rlm = RecursiveLM(
+            "scripted-niah", provider=ScriptedProvider(niah_policy), on_limit="return", **kwargs
+        )
     else:
         print(f"Running for real with {model}.")
-        rlm = RecursiveLM(model, **kwargs)
-    async with rlm:
-        result = await rlm.acomplete(context, NIAH_QUERY)
+        rlm = RecursiveLM(model, on_limit="return", **kwargs)
+    with contextlib.ExitStack() as stack:
+        recorder = _recorder(args, stack)
+        async with rlm:
+            result = await rlm.acomplete(context, NIAH_QUERY, on_event=recorder)
+    _say_why_stopped(result)
     usage = result.usage
     print(f"Answer: {result.answer}")
     print(
@@ -269,7 +355,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
     except ImportError:
         raise SystemExit(_NEEDS_RICH.format(what="batch's progress bar")) from None
 
-    from rlm_sdk import BatchItem, BatchProgress, JSONLRecorder, RecursiveLM
+    from rlm_sdk import BatchItem, BatchProgress, RecursiveLM
 
     items = _batch_items(args)
     skip = _finished_ids(args.output)
@@ -282,9 +368,9 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         f"{len(items)} items; {len(skip & {i['id'] for i in items})} already done; running {len(todo)}",
         file=sys.stderr,
     )
-    recorder = JSONLRecorder(args.record) if args.record else None
     failed = 0
     with (
+        contextlib.ExitStack() as stack,
         Progress(
             TextColumn("[bold]batch"),
             BarColumn(),
@@ -295,6 +381,7 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
         ) as bar,
         args.output.open("a", encoding="utf-8") as out,
     ):
+        recorder = _recorder(args, stack)
         task = bar.add_task("batch", total=len(todo), failed=0, spend="")
 
         def progress(p: BatchProgress) -> None:
@@ -321,8 +408,6 @@ async def _cmd_batch(args: argparse.Namespace) -> int:
                 out.write(json.dumps(row) + "\n")
                 out.flush()  # a finished item survives an interruption
                 failed += 0 if outcome.ok else 1
-    if recorder is not None:
-        recorder.close()
     return 1 if failed else 0
 
 
@@ -346,9 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rlm_sdk.server import serve
 
         return serve(args)
-    command = {"run": _cmd_run, "demo": _cmd_demo, "batch": _cmd_batch, "view": _cmd_view}[
-        args.command
-    ]
+    command = {
+        "run": _cmd_run,
+        "demo": _cmd_demo,
+        "batch": _cmd_batch,
+        "view": _cmd_view,
+        "eval": cmd_eval,
+    }[args.command]
     try:
         return anyio.run(command, args)
     except KeyboardInterrupt:

@@ -19,7 +19,16 @@ from ._registry import (
     split_model,
 )
 from ._router import ModelRouter
-from ._types import ChatMessage, CompletionRequest, CompletionResponse, Provider, TokenUsage
+from ._types import (
+    ChatMessage,
+    CompletionRequest,
+    CompletionResponse,
+    Provider,
+    TokenUsage,
+    ToolCall,
+    ToolSpec,
+    supports_tools,
+)
 
 __all__ = [
     "AnthropicProvider",
@@ -33,7 +42,10 @@ __all__ = [
     "ProviderRegistry",
     "RateLimitedProvider",
     "TokenUsage",
+    "ToolCall",
+    "ToolSpec",
     "register_provider",
     "resolve_model",
     "split_model",
+    "supports_tools",
 ]

@@ -6,6 +6,7 @@ this module maps a :class:`CompletionRequest` to ``POST /messages`` and the repl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from rlm_sdk._constants import (
 from rlm_sdk._settings import load_settings
 
 from ._http import HTTPProvider
-from ._types import CompletionRequest, CompletionResponse, TokenUsage
+from ._types import ChatMessage, CompletionRequest, CompletionResponse, TokenUsage, ToolCall
 
 __all__ = ["AnthropicProvider"]
 
@@ -35,10 +36,15 @@ class AnthropicProvider(HTTPProvider):
     file (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``), else the default (Anthropic itself,
     which needs a key; a proxy at another URL may do without).
 
+    Tools go out as ``tools`` (``input_schema``); ``tool_use`` blocks come back as
+    ``CompletionResponse.tool_calls``, and tool results go back as ``tool_result`` blocks.
+
     System messages are joined into the top-level ``system`` field; ``stop`` becomes
     ``stop_sequences``; ``max_tokens`` defaults to ``DEFAULT_ANTHROPIC_MAX_TOKENS`` (the API
-    requires one). The reply text is the concatenation of the ``text`` blocks; a reply with none
-    raises :class:`~rlm_sdk.APIResponseError`. Prompt tokens include cache reads and writes.
+    requires one). The reply text is the concatenation of the ``text`` blocks, and ``thinking``
+    blocks become ``CompletionResponse.reasoning``. A reply with no block at all that ended
+    its turn is an empty reply; one with blocks but no text nor thinking raises
+    :class:`~rlm_sdk.APIResponseError`. Prompt tokens include cache reads and writes.
 
     Args:
         base_url: the API root, e.g. ``https://api.anthropic.com/v1``.
@@ -58,6 +64,7 @@ class AnthropicProvider(HTTPProvider):
     """
 
     name: ClassVar[str] = "anthropic"
+    supports_tools: ClassVar[bool] = True
     _path: ClassVar[str] = "/messages"
     _default_base_url: ClassVar[str] = DEFAULT_ANTHROPIC_BASE_URL
     _key_env: ClassVar[str] = "ANTHROPIC_API_KEY"
@@ -97,12 +104,13 @@ class AnthropicProvider(HTTPProvider):
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": DEFAULT_ANTHROPIC_MAX_TOKENS if max_tokens is None else max_tokens,
-            "messages": [
-                {"role": m.role, "content": m.content}
-                for m in request.messages
-                if m.role != "system"
-            ],
+            "messages": _messages(request.messages),
         }
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
         if system:
             body["system"] = system
@@ -117,7 +125,22 @@ class AnthropicProvider(HTTPProvider):
         if not isinstance(blocks, list):
             raise ValueError("no content blocks")
         texts = [block["text"] for block in blocks if block.get("type") == "text"]
-        if not texts:
+        thoughts = [_thought(block) for block in blocks if "thinking" in str(block.get("type"))]
+        calls = [
+            ToolCall(
+                id=str(block.get("id") or f"toolu_{n}"),
+                name=str(block.get("name") or ""),
+                arguments=json.dumps(block.get("input", {})),
+            )
+            for n, block in enumerate(blocks)
+            if block.get("type") == "tool_use"
+        ]
+        if (
+            not texts
+            and not thoughts
+            and not calls
+            and (blocks or data.get("stop_reason") != "end_turn")
+        ):
             raise ValueError(
                 f"no text block in the reply (stop_reason={data.get('stop_reason')!r})"
             )
@@ -128,9 +151,62 @@ class AnthropicProvider(HTTPProvider):
         )
         return CompletionResponse(
             text="".join(texts),
+            reasoning="\n\n".join(thoughts) or None,
+            tool_calls=calls,
             finish_reason=data.get("stop_reason"),
             usage=TokenUsage(
                 prompt_tokens=prompt_tokens, completion_tokens=usage.get("output_tokens") or 0
             ),
             model=data.get("model") or request.model,
         )
+
+
+def _thought(block: dict[str, Any]) -> str:
+    """A ``thinking`` block's text; a ``redacted_thinking`` block only says it was there."""
+    if block.get("type") == "redacted_thinking":
+        return "[redacted thinking]"
+    return str(block.get("thinking") or "")
+
+
+def _messages(history: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The history without system messages, as Messages API turns.
+
+    An assistant's tool calls become ``tool_use`` blocks (arguments that are not a JSON
+    object become ``{}``); tool results become ``tool_result`` blocks of a user turn, and
+    consecutive turns of one role are merged into one, as the API requires.
+    """
+    turns: list[dict[str, Any]] = []
+    for m in history:
+        if m.role == "system":
+            continue
+        role = "user" if m.role == "tool" else m.role
+        if m.role == "tool":
+            blocks: list[dict[str, Any]] = [
+                {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}
+            ]
+        elif m.tool_calls:
+            blocks = [{"type": "text", "text": m.content}] if m.content else []
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.arguments)}
+                for c in m.tool_calls
+            ]
+        else:
+            blocks = [{"type": "text", "text": m.content}]
+        if turns and turns[-1]["role"] == role:
+            previous = turns[-1]["content"]
+            if isinstance(previous, str):
+                previous = turns[-1]["content"] = [{"type": "text", "text": previous}]
+            previous.extend(blocks)
+        elif len(blocks) == 1 and blocks[0]["type"] == "text":
+            turns.append({"role": role, "content": m.content})
+        else:
+            turns.append({"role": role, "content": blocks})
+    return turns
+
+
+def _input(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

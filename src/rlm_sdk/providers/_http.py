@@ -130,9 +130,11 @@ def _status_error_class(status: int) -> type[APIStatusError]:
 
 
 def _error_detail(response: httpx.Response) -> str:
-    """The server's own error message (OpenAI, Anthropic and Ollama shapes), else the reason."""
+    """The server's own error message (OpenAI, Anthropic and Ollama shapes, and FastAPI's
+    ``detail``, which llama.cpp's Python server and vLLM send), else the reason."""
     try:
-        error = response.json().get("error")
+        body = response.json()
+        error = body.get("error") or body.get("detail")
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -431,6 +433,8 @@ class HTTPProvider(ABC):
         message = f"{self.name} answered {status}: {_error_detail(response)}"
         if error_class is AuthenticationError:
             message += f" (check the key: pass api_key= or set {self._key_env})"
+        elif status in (404, 405):  # a wrong base URL (often without /v1), or an unknown model
+            message += f" (POST {self._url}: check base_url and the model name)"
         return error_class(
             message,
             provider=self.name,

@@ -7,6 +7,7 @@ LM Studio. Sending, retries and errors live in :mod:`._http`; this module only m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from rlm_sdk._constants import (
 from rlm_sdk._settings import load_settings
 
 from ._http import HTTPProvider
-from ._types import CompletionRequest, CompletionResponse, TokenUsage
+from ._types import ChatMessage, CompletionRequest, CompletionResponse, TokenUsage, ToolCall
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -35,10 +36,16 @@ class OpenAICompatibleProvider(HTTPProvider):
     needs a key; a local server (vLLM, Ollama, llama.cpp, LM Studio) does not, and then no
     ``Authorization`` header is sent. ``api_key=""`` sends none even if ``OPENAI_API_KEY`` is set.
 
+    Tools go out as ``tools`` (``type: function``); the reply's ``tool_calls`` come back in
+    ``CompletionResponse.tool_calls``, assistant messages carry theirs, and results go as
+    ``role: tool`` messages.
+
     ``max_tokens`` goes out as ``max_completion_tokens`` to OpenAI itself (its newer models refuse
     ``max_tokens``) and as ``max_tokens`` to every other server. ``request.extra_body`` is merged
-    last, so it can override any field. A reply with ``content: null`` (a refusal, or tool calls
-    this SDK does not make) raises :class:`~rlm_sdk.APIResponseError` rather than passing as "".
+    last, so it can override any field. A reasoning model's ``reasoning_content`` (or
+    ``reasoning``) becomes ``CompletionResponse.reasoning``. A reply with ``content: null`` is
+    an empty reply when it finished normally (``stop``, ``length``) or carried reasoning; a
+    refusal, or any other null content, raises :class:`~rlm_sdk.APIResponseError`.
 
     Args:
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
@@ -57,6 +64,7 @@ class OpenAICompatibleProvider(HTTPProvider):
     """
 
     name: ClassVar[str] = "openai"
+    supports_tools: ClassVar[bool] = True
     _path: ClassVar[str] = "/chat/completions"
     _default_base_url: ClassVar[str] = DEFAULT_OPENAI_BASE_URL
     _key_env: ClassVar[str] = "OPENAI_API_KEY"
@@ -91,8 +99,20 @@ class OpenAICompatibleProvider(HTTPProvider):
     def _body(self, request: CompletionRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
         }
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
@@ -109,17 +129,29 @@ class OpenAICompatibleProvider(HTTPProvider):
         choice = choices[0]
         message = choice["message"]
         content = message.get("content")
+        reasoning = _reasoning(message)
+        calls = _tool_calls(message.get("tool_calls"))
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             refusal = message.get("refusal")
-            why = (
-                f"refusal={refusal!r}"
-                if refusal
-                else f"finish_reason={choice.get('finish_reason')!r}"
-            )
-            raise ValueError(f"no text in the reply (content={content!r:.60}, {why})")
+            if (
+                content is not None
+                or refusal
+                or (reasoning is None and choice.get("finish_reason") not in ("stop", "length"))
+            ):
+                why = (
+                    f"refusal={refusal!r}"
+                    if refusal
+                    else f"finish_reason={choice.get('finish_reason')!r}"
+                )
+                raise ValueError(f"no text in the reply (content={content!r:.60}, {why})")
+            content = ""  # an empty reply: the run reminds the model, it is not a server fault
         usage = data.get("usage") or {}
         return CompletionResponse(
             text=content,
+            reasoning=reasoning,
+            tool_calls=calls,
             finish_reason=choice.get("finish_reason"),
             usage=TokenUsage(
                 prompt_tokens=usage.get("prompt_tokens") or 0,
@@ -129,3 +161,54 @@ class OpenAICompatibleProvider(HTTPProvider):
             model=data.get("model") or request.model,
             request_id=data.get("id"),
         )
+
+
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """A reasoning model's separate reasoning text (``reasoning_content``, or ``reasoning``)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """One history message on the wire: text, an assistant's tool calls, a tool's result."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.tool_calls:
+        return {
+            "role": message.role,
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ],
+        }
+    return {"role": message.role, "content": message.content}
+
+
+def _tool_calls(raw: object) -> list[ToolCall]:
+    """The reply's function calls, in order; arguments kept as the model wrote them."""
+    if not isinstance(raw, list):
+        return []
+    calls: list[ToolCall] = []
+    for n, item in enumerate(raw):
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            continue
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send an object
+            arguments = "" if arguments is None else json.dumps(arguments)
+        calls.append(
+            ToolCall(
+                id=str(item.get("id") or f"call_{n}"),
+                name=str(function.get("name") or ""),
+                arguments=arguments,
+            )
+        )
+    return calls

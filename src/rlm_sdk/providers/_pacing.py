@@ -15,7 +15,7 @@ import anyio
 
 from rlm_sdk._exceptions import ConfigurationError
 
-from ._types import CompletionRequest, CompletionResponse, Provider
+from ._types import CompletionRequest, CompletionResponse, Provider, supports_tools
 
 __all__ = ["RateLimitedProvider"]
 
@@ -90,6 +90,10 @@ class RateLimitedProvider:
 
     def __repr__(self) -> str:
         return f"RateLimitedProvider({self.provider!r})"
+
+    def supports_tools(self, model: str) -> bool:
+        """Whether the wrapped provider sends tools for ``model``."""
+        return supports_tools(self.provider, model)
 
     async def acomplete(self, request: CompletionRequest) -> CompletionResponse:
         estimate = _estimate_tokens(request)

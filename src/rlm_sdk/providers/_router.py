@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ._registry import DEFAULT_REGISTRY, ProviderRegistry, split_model
-from ._types import CompletionRequest, CompletionResponse, Provider
+from ._types import CompletionRequest, CompletionResponse, Provider, supports_tools
 
 __all__ = ["ModelRouter"]
 
@@ -56,6 +56,11 @@ class ModelRouter:
                 provider = self._by_prefix[prefix] = self._registry.make(prefix, model=model)
             route = self._routes[model] = (provider, name)
         return route
+
+    def supports_tools(self, model: str) -> bool:
+        """Whether the provider ``model`` routes to sends tools (see :class:`Provider`)."""
+        provider, name = self.route(model)
+        return supports_tools(provider, name)
 
     async def acomplete(self, request: CompletionRequest) -> CompletionResponse:
         provider, name = self.route(request.model)

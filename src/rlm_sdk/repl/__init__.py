@@ -10,6 +10,7 @@ process; :class:`REPLOptions` says what a worker may do, and its bounds.
 """
 
 from ._client import REPLSession
+from ._corpus import Corpus
 from ._process import ForkServer
 from ._types import (
     CellError,
@@ -25,6 +26,7 @@ __all__ = [
     "CellError",
     "CellResult",
     "ContextData",
+    "Corpus",
     "ForkServer",
     "IsolationMode",
     "REPLOptions",

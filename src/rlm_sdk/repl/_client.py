@@ -67,6 +67,7 @@ from rlm_sdk._logging import get_logger
 
 from . import _wire
 from ._context import SessionContext
+from ._corpus import Corpus, is_paths
 from ._process import (
     WORKER_PATH,
     ForkServer,
@@ -159,9 +160,13 @@ class REPLSession:
         env: Mapping[str, str] | None = None,
         forkserver: ForkServer | None = None,
     ) -> None:
-        if context is not None and not isinstance(context, str | bytes | bytearray | list | dict):
+        if is_paths(context):
+            context = Corpus(context)  # type: ignore[arg-type]
+        if context is not None and not isinstance(
+            context, str | bytes | bytearray | list | dict | Corpus
+        ):
             raise ConfigurationError(
-                f"context must be str, bytes, list or dict, not {type(context).__name__}"
+                f"context must be str, bytes, list, dict or paths, not {type(context).__name__}"
             )
         if options is None:
             options = REPLOptions()
@@ -501,6 +506,11 @@ class REPLSession:
             "tools": {name: inspect.getdoc(tool) or "" for name, tool in self._tools.items()},
         }
 
+    def _context_files(self) -> tuple[str, ...]:
+        """What the worker must read of the disk: a corpus's folder or files, nothing else."""
+        corpus = self._context.corpus
+        return () if corpus is None else corpus.roots
+
     def _sandbox_policy(self, memory_bytes: int) -> dict[str, Any]:
         """The ``_sandbox.SandboxPolicy`` the worker applies, as JSON."""
         assert self._workdir is not None
@@ -510,7 +520,7 @@ class REPLSession:
             "mode": self._options.isolation,
             "allow_network": self._options.allow_network,
             "allow_subprocess": self._options.allow_subprocess,
-            "readable_paths": list(self._options.readable_paths),
+            "readable_paths": [*self._options.readable_paths, *self._context_files()],
             "memory_bytes": memory_bytes,
             "file_size_bytes": DEFAULT_WORKER_FILE_SIZE_LIMIT,
         }

@@ -27,6 +27,7 @@ from rlm_sdk._constants import MIN_WORKER_MEMORY
 from rlm_sdk._exceptions import WorkerStartError
 
 from . import _wire
+from ._corpus import Corpus
 from ._types import ContextData
 
 __all__ = ["SessionContext"]
@@ -47,6 +48,8 @@ class SessionContext:
 
     def __init__(self, value: ContextData | None) -> None:
         self._value: ContextData | None = value
+        self.corpus = value if isinstance(value, Corpus) else None
+        """Files the worker reads itself (the sandbox must let it), when the context is some."""
         self.fd: int | None = None
         """The memfd, to hand to each worker; None when there is no context (or once closed)."""
         self._descriptor: dict[str, Any] | None = None
@@ -93,6 +96,8 @@ class SessionContext:
     def memory_limit(self, descriptor: dict[str, Any]) -> int:
         """A worker's default address-space limit: the interpreter, the context, and a few
         working copies of it (``MIN_WORKER_MEMORY`` at least)."""
+        if self.corpus is not None:  # a mapped file counts in the address space; two documents
+            return max(MIN_WORKER_MEMORY, 2 * self.corpus.largest + 1024**3)
         factor = _MEMORY_FACTORS.get(descriptor["kind"], 4)
         return max(MIN_WORKER_MEMORY, factor * int(descriptor["nbytes"]) + 1024**3)
 
@@ -127,7 +132,10 @@ class SessionContext:
 
 def _write_sealed(fd: int, context: object) -> dict[str, Any]:
     """Write the context into the memfd and seal it: from now on nobody can change it."""
-    descriptor = _wire.write_context(fd, context)
+    if isinstance(context, Corpus):
+        descriptor = _wire.write_files(fd, context.manifest())
+    else:
+        descriptor = _wire.write_context(fd, context)
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
     return descriptor
 

@@ -23,6 +23,8 @@ from rlm_sdk._constants import (
     MAX_OUTPUT_LIMIT,
 )
 
+from ._corpus import Corpus
+
 __all__ = [
     "CellError",
     "CellResult",
@@ -85,8 +87,9 @@ class REPLOptions(BaseModel):
         return paths
 
 
-ContextData: TypeAlias = str | bytes | list[Any] | dict[str, Any]
-"""A context: text, bytes, a list (``list[str]`` travels without JSON escaping) or a JSON object."""
+ContextData: TypeAlias = str | bytes | list[Any] | dict[str, Any] | Corpus | os.PathLike[str]
+"""A context: text, bytes, a list (``list[str]`` travels without JSON escaping), a JSON object,
+or files on disk (a path, a list of paths, or a :class:`Corpus`), which only the worker reads."""
 
 
 class SubCallRequest(BaseModel):

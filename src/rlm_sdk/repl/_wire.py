@@ -278,6 +278,13 @@ _CONTEXT_CHUNK = 4 * 1024 * 1024
 _LINES_BATCH = 4096
 
 
+def write_files(fd: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the list of a corpus's files (names, paths, sizes), not their contents (parent side)."""
+    data = json.dumps(manifest, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    _write_all(fd, memoryview(data), 0)
+    return {"kind": "files", "nbytes": len(data), "count": len(manifest["names"])}
+
+
 def write_context(fd: int, context: object) -> dict[str, Any]:
     """Write ``context`` into the empty file ``fd`` and return its descriptor (parent side).
 
@@ -362,7 +369,7 @@ def load_context(fd: int, descriptor: dict[str, Any]) -> object:
         try:
             if kind == "bytes":
                 return bytes(view)
-            if kind == "json":
+            if kind in ("json", "files"):  # "files": the worker builds documents from it
                 return json.loads(view.tobytes())
             text = str(view[:nbytes], "utf-8", "surrogatepass")
             if kind == "str":

@@ -43,11 +43,12 @@ from _queue import SimpleQueue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING or __package__:  # imported from the package (tests, type checking)
-    from . import _capture, _sandbox, _wire
+    from . import _capture, _documents, _sandbox, _wire
 else:  # run as a script: see the module docstring
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         import _capture
+        import _documents
         import _sandbox
         import _wire
     finally:
@@ -333,6 +334,11 @@ class _Session:
             self._final = _text(value)
             return self._final
 
+        def FINAL(value: object) -> str:
+            """Give the final answer: ``str(value)`` (models used to text protocols write this)."""
+            self._final = _text(value)
+            return self._final
+
         def SHOW_VARS() -> _VarListing:
             """The variables defined so far, with their types."""
             return _VarListing(self.variables())
@@ -343,6 +349,7 @@ class _Session:
             "rlm_query": rlm_query,
             "rlm_query_batched": rlm_query_batched,
             "FINAL_VAR": FINAL_VAR,
+            "FINAL": FINAL,
             "SHOW_VARS": SHOW_VARS,
         }
 
@@ -726,6 +733,8 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
         # lets go of it last frees its pages, and that should be this one, as it exits after
         # a SIGKILL, not the parent on its way to returning a result.
         context = _wire.load_context(-1 if fd is None else int(fd), descriptor)
+        if descriptor["kind"] == "files":  # files on disk: read when the code asks
+            context = _documents.from_manifest(context)  # type: ignore[arg-type]
         _install_builtins()
         output = _capture.Output(int(config["output_limit"]), pipes)
         session = _Session(channel, gate, output, context, config)

@@ -82,9 +82,30 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--max-iterations", type=int, default=None, help="default turns per run")
     p.add_argument("--max-depth", type=int, default=None, help="default recursion depth")
     p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on the tokens of each model reply, in every run (default: the server's own)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop each run after this much wall time",
+    )
+    p.add_argument(
         "--offline",
         action="store_true",
         help="serve only a scripted demo stand-in; no language model is called",
+    )
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="send each run's spans to OpenTelemetry over OTLP (configured by the standard "
+        "OTEL_* variables, e.g. OTEL_EXPORTER_OTLP_ENDPOINT) and honour incoming traceparent "
+        "headers; needs the otel extra, opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http",
     )
 
 
@@ -97,6 +118,9 @@ def _config_from_args(args: argparse.Namespace, port: int) -> ServerConfig:
     common = {
         "max_body_bytes": int(args.max_body_mb * 1024 * 1024),
         "allowed_hosts": loopback_hosts(port) if is_loopback(args.host) else [ANY_HOST],
+        "max_tokens": args.max_tokens,
+        "max_wall_time": args.timeout,
+        "otel": args.otel,
         **defaults,
     }
     if args.offline:
@@ -133,6 +157,9 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     from pydantic import ValidationError
 
+    from rlm_sdk import ConfigurationError
+    from rlm_sdk._frontend import configure_tracing
+
     sock = _bind(args.host, args.port)
     with sock:
         port = sock.getsockname()[1]
@@ -141,6 +168,11 @@ def serve(args: argparse.Namespace) -> int:
         except ValidationError as err:
             print(f"rlm-sdk serve: {err.errors()[0]['msg']}", file=sys.stderr)
             return 2
+        try:
+            tracing = configure_tracing() if config.otel else None
+        except ConfigurationError as err:
+            print(f"rlm-sdk serve: {err}", file=sys.stderr)
+            return 1
         shown = f"[{args.host.strip('[]')}]" if ":" in args.host.strip("[]") else args.host
         print(f"rlm-sdk serve: http://{shown}:{port}/  (OpenAI-compatible API at /v1)")
         print(f"  models: {', '.join(config.models)}  (as {MODEL_PREFIX}MODEL on /v1)")
@@ -149,6 +181,8 @@ def serve(args: argparse.Namespace) -> int:
                 "  OFFLINE DEMO: no language model is called. A scripted test/demo double plays the "
                 "model's part; it only knows how to find a magic number (try the demo haystack)."
             )
+        if tracing is not None:
+            print(f"  tracing: OpenTelemetry spans, {tracing}")
         if config.allowed_hosts == [ANY_HOST]:
             print(
                 f"WARNING: bound to {args.host}, which is not a loopback address: anyone who can "

@@ -49,6 +49,7 @@ from ._http import (
     ApiError,
     EventStream,
     GuardMiddleware,
+    TraceParentMiddleware,
     WriteText,
     read_body,
     sse,
@@ -56,7 +57,7 @@ from ._http import (
 )
 from ._jobs import make_job, parse_options
 from ._openai import chat_completions, list_models
-from ._runs import RunRegistry, ServerRun
+from ._runs import EventSink, RunRegistry, ServerRun
 
 __all__ = ["build_app"]
 
@@ -73,11 +74,13 @@ class _Handlers:
         runs: RunRegistry,
         forkserver: ForkServer,
         provider: Provider,
+        on_event: EventSink | None = None,
     ) -> None:
         self.config = config
         self.runs = runs
         self.forkserver = forkserver
         self.provider = provider
+        self.on_event = on_event
         self.index_html = (
             importlib.resources.files(_PACKAGE).joinpath("static", "index.html").read_text("utf-8")
         )
@@ -109,7 +112,13 @@ class _Handlers:
         context = (await read_body(request, self.config.max_body_bytes)).decode("utf-8", "replace")
         run = self.runs.start(
             make_job(
-                self.config, options, context, q.get("query", ""), self.forkserver, self.provider
+                self.config,
+                options,
+                context,
+                q.get("query", ""),
+                self.forkserver,
+                self.provider,
+                self.on_event,
             )
         )
         return JSONResponse(
@@ -169,7 +178,9 @@ class _Handlers:
         return list_models(self.config)
 
     async def v1_chat(self, request: Request) -> Response:
-        return await chat_completions(request, self.config, self.forkserver, self.provider)
+        return await chat_completions(
+            request, self.config, self.forkserver, self.provider, self.on_event
+        )
 
 
 def _load_trajectory(body: bytes, name: str) -> list[Event]:
@@ -213,7 +224,14 @@ def build_app(config: ServerConfig) -> Starlette:
     # Every run shares the app's providers: one set of connections, one bound on requests
     # in flight per provider, whatever the number of runs.
     shared = ModelRouter()
-    h = _Handlers(config, runs, forkserver, config.provider or shared)
+    middleware = [Middleware(GuardMiddleware, allowed_hosts=config.allowed_hosts)]
+    tracer: EventSink | None = None
+    if config.otel:
+        from rlm_sdk.otel import OTelTracer  # the `otel` extra, only when tracing is on
+
+        tracer = OTelTracer()
+        middleware.append(Middleware(TraceParentMiddleware))
+    h = _Handlers(config, runs, forkserver, config.provider or shared, tracer)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -239,7 +257,7 @@ def build_app(config: ServerConfig) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(GuardMiddleware, allowed_hosts=config.allowed_hosts)],
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

@@ -78,6 +78,12 @@ class ServerConfig(BaseModel):
             deliberately bound to a public address.
         default_max_iterations / default_max_depth: what a run gets when it names none.
         max_iterations_cap / max_depth_cap: the most a client may ask for.
+        max_tokens: the cap on each model reply's tokens in every run (``None``: the
+            provider's own); a small local model may otherwise write until its context is full.
+        max_wall_time: seconds each run may take before it stops with ``stop_reason="limit"``.
+        otel: record every run as OpenTelemetry spans (:class:`rlm_sdk.otel.OTelTracer`,
+            through the tracer provider the process configured) and continue the trace that
+            a request's ``traceparent`` header names. Needs the ``otel`` extra.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
@@ -91,6 +97,9 @@ class ServerConfig(BaseModel):
     default_max_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1)
     max_iterations_cap: int = Field(default=MAX_ITERATIONS_CAP, ge=1)
     max_depth_cap: int = Field(default=MAX_DEPTH_CAP, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_wall_time: float | None = Field(default=None, gt=0)
+    otel: bool = False
 
     @field_validator("models")
     @classmethod

@@ -10,6 +10,9 @@
   ``StreamingResponse`` could not own that scope safely.
 * :class:`GuardMiddleware` checks ``Host`` (DNS rebinding) and ``Origin`` (another site's
   page posting to this server) and adds the page's security headers.
+* :class:`TraceParentMiddleware` (with tracing on) runs each request inside the trace its
+  ``traceparent`` header names, so a run it starts, even in the run registry's task group,
+  is a child of the caller's span.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "ApiError",
     "EventStream",
     "GuardMiddleware",
+    "TraceParentMiddleware",
     "WriteText",
     "error_response",
     "read_body",
@@ -270,3 +274,24 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class TraceParentMiddleware:
+    """Handle each HTTP request inside :func:`rlm_sdk.otel.continue_trace` of its headers.
+
+    Tasks started while handling it (a run in the registry's task group, the ``/v1`` run)
+    copy the context then, and with it the caller's span as their parent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        from rlm_sdk.otel import continue_trace  # the `otel` extra, only when tracing is on
+
+        self.app = app
+        self._continue = continue_trace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with self._continue(Headers(scope=scope)):
+            await self.app(scope, receive, send)

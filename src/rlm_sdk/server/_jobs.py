@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rlm_sdk import Event, RecursiveLM, RLMResult
+from rlm_sdk import Event, Limits, RecursiveLM, RLMResult
 from rlm_sdk.providers import Provider
 from rlm_sdk.repl import ContextData, ForkServer
 
@@ -100,12 +100,14 @@ def make_job(
     query: str,
     forkserver: ForkServer | None = None,
     provider: Provider | None = None,
+    on_event: EventSink | None = None,
 ) -> Job:
     """A job for the registry or an endpoint: one top-level run reporting to ``sink``.
 
     The run talks to ``provider`` (the app's shared one), else to the config's, else it
     resolves model prefixes itself and closes what it made when it ends. Every run of an
-    app forks its REPL workers from the app's one ``forkserver``.
+    app forks its REPL workers from the app's one ``forkserver``. ``on_event`` sees every
+    event too (the app's OpenTelemetry sink, when tracing is on).
     """
 
     async def job(sink: EventSink) -> RLMResult:
@@ -115,8 +117,11 @@ def make_job(
             provider=provider or config.provider,
             max_iterations=options.max_iterations,
             max_depth=options.max_depth,
+            max_tokens=config.max_tokens,
+            limits=Limits(max_wall_time=config.max_wall_time),
             on_limit="return",
             forkserver=forkserver,
+            on_event=on_event,
         ) as rlm:
             return await rlm.acomplete(context, query or None, on_event=sink)
 

@@ -38,6 +38,7 @@ from rlm_sdk.repl import ForkServer
 from ._config import MODEL_PREFIX, ServerConfig
 from ._http import ApiError, EventStream, WriteText, read_body, sse_json, until_disconnect
 from ._jobs import ignore_events, make_job, parse_options, unknown_model
+from ._runs import EventSink
 
 __all__ = ["chat_completions", "list_models"]
 
@@ -88,6 +89,7 @@ async def chat_completions(
     config: ServerConfig,
     forkserver: ForkServer | None = None,
     provider: Provider | None = None,
+    on_event: EventSink | None = None,
 ) -> Response:
     """``POST /v1/chat/completions`` (see the module docstring)."""
     payload, root = _parse_request(config, await read_body(request, config.max_body_bytes))
@@ -109,7 +111,7 @@ async def chat_completions(
         context, query = messages_to_run(messages)
     except ConfigurationError as err:
         raise ApiError(400, str(err), param="messages") from err
-    job = make_job(config, options, context, query, forkserver, provider)
+    job = make_job(config, options, context, query, forkserver, provider, on_event)
     model_name = str(payload["model"])
 
     if payload.get("stream") is True:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._fake_server import FakeChatServer, RecordedRequest, ServerReply
 from ._niah import NIAH_QUERY, make_haystack, niah_policy
-from ._scripted import ReplyFunction, ScriptedProvider
+from ._scripted import ReplyFunction, ScriptedProvider, tool_reply
 
 __all__ = [
     "FakeChatServer",
@@ -21,4 +21,5 @@ __all__ = [
     "ServerReply",
     "make_haystack",
     "niah_policy",
+    "tool_reply",
 ]

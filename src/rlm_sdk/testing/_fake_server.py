@@ -145,12 +145,16 @@ class FakeChatServer:
 
     Args:
         reply: called with the parsed JSON body of each chat request; returns the assistant
-            text, or a whole response object to send as is. May be async. Echoes the last
-            message by default. If it raises, the server answers 500.
+            text, or tool calls as ``{"tool_calls": [{"name": ..., "arguments": {...}}],
+            "content": ...}`` (arguments as a mapping, or a string sent as it is), or a whole
+            response object (one with ``choices``, or any other mapping) to send as is. May be
+            async. Echoes the last message by default. If it raises, the server answers 500.
         latency: seconds from a chat request's arrival to its reply, slept without blocking
             so concurrent requests overlap; the reply function's own time counts within it.
         model: the model reported by ``/v1/models`` and when a request names none.
         port: 0 for an ephemeral port.
+        tools: ``False`` plays a server without tool calling: a request carrying ``tools``
+            gets a 400 whose error names ``tools``, as llama.cpp's does.
 
     Attributes:
         requests: every request received, in order (faulted ones included).
@@ -163,8 +167,10 @@ class FakeChatServer:
         latency: float = 0.0,
         model: str = "fake-model",
         port: int = 0,
+        tools: bool = True,
     ) -> None:
         self._reply = reply or _echo
+        self.tools = tools
         self.latency = latency
         self.model = model
         self._port = port
@@ -346,6 +352,11 @@ class FakeChatServer:
             elif not isinstance(parsed, dict):
                 await _sleep_until(deadline)
                 await self._send(conn, wire, 400, _error("the body is not a JSON object"))
+            elif not self.tools and "tools" in parsed:
+                await _sleep_until(deadline)
+                refusal = _error("tools are not supported by this server")
+                refusal["error"]["param"] = "tools"
+                await self._send(conn, wire, 400, refusal)
             else:
                 await self._send_completion(conn, wire, parsed, deadline)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
@@ -372,9 +383,20 @@ class FakeChatServer:
         await self._send(conn, wire, 200, data, {"x-request-id": f"req-fake-{len(self.requests)}"})
 
     def _completion(self, body: dict[str, Any], reply: str | dict[str, Any]) -> dict[str, Any]:
-        """A reply function's text as a chat completion (a whole object is sent as is)."""
-        if not isinstance(reply, str):
+        """A reply function's text or tool calls as a chat completion (a whole object is
+        sent as is)."""
+        message: dict[str, Any]
+        if isinstance(reply, str):
+            message = {"role": "assistant", "content": reply}
+        elif "tool_calls" in reply and "choices" not in reply:
+            message = {
+                "role": "assistant",
+                "content": reply.get("content"),
+                "tool_calls": [_tool_call(n, call) for n, call in enumerate(reply["tool_calls"])],
+            }
+        else:
             return reply
+        text = str(message.get("content") or "") + json.dumps(message.get("tool_calls", ""))
         prompt_tokens = (
             sum(
                 len(str(m.get("content", "")))
@@ -391,14 +413,14 @@ class FakeChatServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply},
-                    "finish_reason": "stop",
+                    "message": message,
+                    "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
                 }
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(reply) // 4,
-                "total_tokens": prompt_tokens + len(reply) // 4,
+                "completion_tokens": len(text) // 4,
+                "total_tokens": prompt_tokens + len(text) // 4,
             },
         }
 
@@ -428,3 +450,15 @@ class FakeChatServer:
 
 def _error(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "fake_error"}}
+
+
+def _tool_call(n: int, call: Mapping[str, Any]) -> dict[str, Any]:
+    arguments = call.get("arguments", {})
+    return {
+        "id": str(call.get("id") or f"call_{n + 1}"),
+        "type": "function",
+        "function": {
+            "name": call["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
+    }

@@ -8,16 +8,17 @@ on cue.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 import anyio
 
 from rlm_sdk._exceptions import APIResponseError
-from rlm_sdk.providers import CompletionRequest, CompletionResponse, TokenUsage
+from rlm_sdk.providers import CompletionRequest, CompletionResponse, TokenUsage, ToolCall
 
-__all__ = ["ReplyFunction", "ScriptedProvider"]
+__all__ = ["ReplyFunction", "ScriptedProvider", "tool_reply"]
 
 Reply: TypeAlias = str | CompletionResponse
 ReplyFunction: TypeAlias = Callable[[CompletionRequest], Reply | Awaitable[Reply]]
@@ -45,6 +46,8 @@ class ScriptedProvider:
             What a function raises propagates unchanged, so tests can simulate any failure.
         latency: seconds to wait (without blocking the loop) before each reply.
         cost_per_call: ``usage.cost`` of each reply; None (not reported) by default.
+        tools: whether it says it supports tool calling (its ``supports_tools``), so that
+            ``protocol="auto"`` sends it tools. Script tool calls with :func:`tool_reply`.
 
     Attributes:
         requests: every request received, in call order.
@@ -61,6 +64,7 @@ class ScriptedProvider:
         *,
         latency: float = 0.0,
         cost_per_call: float | None = None,
+        tools: bool = True,
     ) -> None:
         if isinstance(replies, str):
             raise TypeError("replies is a sequence of replies or a function; for one reply: [text]")
@@ -68,6 +72,7 @@ class ScriptedProvider:
         self._script = [] if callable(replies) else list(replies)
         self.latency = latency
         self.cost_per_call = cost_per_call
+        self.supports_tools = tools
         self.requests: list[CompletionRequest] = []
 
     def __repr__(self) -> str:
@@ -124,3 +129,28 @@ class ScriptedProvider:
             request_id=f"scripted-{call}",
             latency_s=self.latency,
         )
+
+
+def tool_reply(
+    *calls: tuple[str, Mapping[str, Any] | str], text: str = "", model: str = "scripted"
+) -> CompletionResponse:
+    """A scripted reply that calls tools: each call is ``(name, arguments)``, the arguments a
+    mapping (sent as JSON) or a string sent as it is (so a test can send invalid JSON).
+
+    Example: ``tool_reply(("repl", {"code": "print(len(context))"}))``.
+    """
+    made = [
+        ToolCall(
+            id=f"call_{n}",
+            name=name,
+            arguments=arguments if isinstance(arguments, str) else json.dumps(dict(arguments)),
+        )
+        for n, (name, arguments) in enumerate(calls, start=1)
+    ]
+    return CompletionResponse(
+        text=text,
+        tool_calls=made,
+        finish_reason="tool_calls" if made else "stop",
+        usage=TokenUsage(prompt_tokens=1, completion_tokens=_estimate_tokens(text + str(made))),
+        model=model,
+    )

@@ -104,10 +104,15 @@ function codeBlock(code) {
   return pre;
 }
 
+/** A reply without its reasoning blocks (shown apart, collapsed). */
+function withoutReasoning(text) {
+  return String(text ?? "").replace(/^[ \t]*<(think|thinking)>[\s\S]*?(?:<\/\1>|$(?![\s\S]))/gim, "").trim();
+}
+
 /** A model reply: prose as text; ```repl blocks become a note pointing at their cell. */
 function renderReply(text) {
   const box = el("div", "reply");
-  const lines = String(text ?? "").replace(/\r\n?/g, "\n").split("\n");
+  const lines = withoutReasoning(text).replace(/\r\n?/g, "\n").split("\n");
   let prose = [];
   let block = 0;
   const flush = () => {
@@ -124,9 +129,20 @@ function renderReply(text) {
     const fence = open[1];
     const info = open[2].split(" ")[0];
     const close = new RegExp(`^[ \\t]{0,3}${fence[0] === "`" ? "`" : "~"}{${fence.length},}[ \\t]*$`);
+    // a run of backticks glued to the end of a code line closes the block too
+    const glued = fence[0] === "`" ? new RegExp(`[^\`\\s][ \\t]*\`{${fence.length},}[ \\t]*$`) : null;
     let j = i + 1;
-    while (j < lines.length && !close.test(lines[j])) j++;
-    const body = lines.slice(i + 1, j).join("\n");
+    let last = null;
+    while (j < lines.length && !close.test(lines[j])) {
+      if (glued && glued.test(lines[j])) {
+        last = lines[j].replace(/`+[ \t]*$/, "");
+        break;
+      }
+      j++;
+    }
+    const inside = lines.slice(i + 1, j);
+    if (last !== null) inside.push(last);
+    const body = inside.join("\n");
     flush();
     if (info === "repl") {
       block += 1;
@@ -317,9 +333,74 @@ class RunView {
     turn.state.textContent = "";
     const section = el("div", "step-section");
     section.append(el("div", "section-label", ev.purpose === "final" ? "Final call — model reply" : "Model reply"));
-    section.append(renderReply(ev.text));
+    if (ev.reasoning) {
+      const thought = el("details", "reasoning");
+      thought.append(
+        el("summary", "muted small", `reasoning · ${formatInt(ev.reasoning.length)} characters`),
+        textBlock(ev.reasoning, "plain small"),
+      );
+      section.append(thought);
+    }
+    const calls = ev.tool_calls || [];
+    if (withoutReasoning(ev.text) || !calls.length) section.append(renderReply(ev.text));
+    for (const call of calls) {
+      const line = el("div", "tool-call");
+      line.append(el("span", "call-fn", call.name), el("span", "muted small", oneLine(call.arguments, 160)));
+      section.append(line);
+    }
     turn.body.append(section);
     turn.reply = section;
+  }
+
+  on_reply_parsed(ev) {
+    const run = this.runFor(ev);
+    const turn = this.turnFor(run, ev.iteration);
+    if (!turn) return;
+    const host = turn.reply || turn.body;
+    const notes = (ev.notes || []).filter((n) => n !== "reasoning set aside");
+    if ((ev.fence && ev.fence !== "repl") || notes.length) {
+      const read = ev.fence ? `code from ${ev.fence}` : "no code";
+      host.append(el("div", "note read", [read, ...notes].join(" · ")));
+    }
+    for (const problem of ev.problems || []) host.append(el("div", "note warn", problem));
+  }
+
+  on_history_compacted(ev) {
+    const run = this.runFor(ev);
+    const turn = this.turnFor(run, ev.iteration);
+    const host = turn ? turn.body : run.node;
+    const box = el("details", "note compaction");
+    const what = ev.summary ? `turns 1–${ev.turns} summarised` : "messages cut to fit";
+    const where = ev.variable ? `; in full in the REPL as ${ev.variable}` : "";
+    box.append(
+      el(
+        "summary",
+        null,
+        `History compacted (${what}): ${formatInt(ev.tokens_before)} → ${formatInt(ev.tokens_after)} tokens of a ${formatInt(ev.window)}-token window${where}`,
+      ),
+    );
+    if (ev.summary) box.append(textBlock(ev.summary, "plain small"));
+    host.prepend(box);
+  }
+
+  on_protocol_switched(ev) {
+    const run = this.runFor(ev);
+    const turn = this.turnFor(run, ev.iteration);
+    const host = turn ? turn.body : run.node;
+    host.append(el("div", "note warn switched", `The server refused tools: going on with fenced text (${oneLine(ev.reason, 160)})`));
+  }
+
+  on_confirmation_asked(ev) {
+    const run = this.runFor(ev);
+    const turn = this.turnFor(run, ev.iteration);
+    const host = turn ? turn.body : run.node;
+    host.append(
+      el(
+        "div",
+        "note warn confirmation",
+        `Final answer not taken yet (written before the output): ${oneLine(ev.answer, 200)} — the model is asked to confirm it.`,
+      ),
+    );
   }
 
   on_cell_started(ev) {

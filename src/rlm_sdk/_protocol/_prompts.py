@@ -1,166 +1,29 @@
-"""The RLM protocol as pure functions: prompts, parsing replies, describing contexts.
+"""What the model is told: the context's description, the prompts, reminders and cell output.
 
-No I/O here, so every rule can be tested exhaustively and the orchestrator stays a loop.
-
-Replies follow the conventions RLM prompts and models already use:
-
-* code to run sits in fenced blocks whose info string is ``repl``;
-* ``FINAL(text)`` at the start of a line, outside any fenced block, ends the run with
-  ``text`` (read with balanced parentheses; quotes are kept);
-* ``FINAL_VAR(name)`` at the start of a line ends the run with the value of the REPL
-  variable ``name``; it wins over ``FINAL`` in the same reply.
+Pure text in, text out; the turn loop decides when each one is sent.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._reply import FinalAnswer
+
 __all__ = [
-    "FinalAnswer",
-    "ParsedReply",
     "build_system_prompt",
     "build_user_prompt",
+    "compaction_prompt",
+    "compacted_history_note",
+    "confirm_final_prompt",
     "describe_context",
+    "empty_reply_problem",
     "final_call_prompt",
     "format_cell_feedback",
     "no_code_reminder",
-    "parse_reply",
     "truncate_middle",
     "unknown_variable_feedback",
 ]
-
-_FENCE_OPEN = re.compile(r"^[ \t]{0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*?)[ \t]*$")
-_FINAL_START = re.compile(r"^[ \t]*(?P<kw>FINAL_VAR|FINAL)[ \t]*\(")
-_QUOTES = "\"'"
-
-
-@dataclass(frozen=True, slots=True)
-class FinalAnswer:
-    """A final answer found in a reply: literal text, or the name of a REPL variable."""
-
-    kind: Literal["text", "var"]
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedReply:
-    """What a reply asks for: code blocks to run (in order) and a final answer, if any.
-
-    ``problems`` lists what the model should be told (an unclosed fence, an unclosed
-    ``FINAL(``), so a malformed reply costs one turn rather than the run.
-    """
-
-    code_blocks: tuple[str, ...]
-    final: FinalAnswer | None
-    problems: tuple[str, ...] = ()
-
-
-def parse_reply(text: str) -> ParsedReply:
-    """Split a model reply into ``repl`` code blocks and a final answer.
-
-    Line endings are normalised first (CRLF and CR become LF). A fence closes on a line of
-    the same character, at least as long, and nothing else, so a block may contain shorter
-    runs of backticks. A block that is never closed is not run: the model is told instead.
-    ``FINAL(...)`` inside any fenced block is code, not an answer.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    blocks: list[str] = []
-    problems: list[str] = []
-    prose: list[str] = []  # lines outside fences, blanked inside them to keep positions
-    i = 0
-    while i < len(lines):
-        m = _FENCE_OPEN.match(lines[i])
-        if m is None:
-            prose.append(lines[i])
-            i += 1
-            continue
-        fence, info = m.group("fence"), m.group("info").strip().lower()
-        close = re.compile(rf"^[ \t]{{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
-        j = i + 1
-        while j < len(lines) and not close.match(lines[j]):
-            j += 1
-        if j == len(lines):
-            if info.split(" ")[0] == "repl":
-                problems.append(
-                    f"The ```repl block opened on line {i + 1} was never closed, so it did not run."
-                )
-            # An unclosed fence swallows the rest of the reply: nothing after it is an answer.
-            prose.extend("" for _ in range(j - i))
-            break
-        if info.split(" ")[0] == "repl":
-            blocks.append("\n".join(lines[i + 1 : j]))
-        prose.extend("" for _ in range(j - i + 1))
-        i = j + 1
-    final, final_problem = _find_final("\n".join(prose))
-    if final_problem:
-        problems.append(final_problem)
-    return ParsedReply(tuple(blocks), final, tuple(problems))
-
-
-def _find_final(prose: str) -> tuple[FinalAnswer | None, str | None]:
-    """The reply's final answer (``FINAL_VAR`` first), and a problem to report if malformed."""
-    found: dict[str, str] = {}
-    problem: str | None = None
-    for start, line in _line_starts(prose):
-        m = _FINAL_START.match(line)
-        if m is None or m.group("kw") in found:
-            continue
-        arg = _balanced_argument(prose, start + m.end())
-        if arg is None:
-            problem = (
-                f"{m.group('kw')}( was opened but never closed, so it was not taken as the answer."
-            )
-            continue
-        found[m.group("kw")] = arg
-    if "FINAL_VAR" in found:
-        name = found["FINAL_VAR"].strip()
-        if len(name) >= 2 and name[0] == name[-1] and name[0] in _QUOTES:
-            name = name[1:-1].strip()
-        return FinalAnswer("var", name), None
-    if "FINAL" in found:
-        return FinalAnswer("text", found["FINAL"].strip()), None
-    return None, problem
-
-
-def _line_starts(text: str) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
-    pos = 0
-    for line in text.split("\n"):
-        out.append((pos, line))
-        pos += len(line) + 1
-    return out
-
-
-def _balanced_argument(text: str, pos: int) -> str | None:
-    """The text from ``pos`` up to the parenthesis that closes the one just before it.
-
-    When the argument starts with a quote, parentheses inside that quoted string do not
-    count (``FINAL("a (b")``); otherwise quotes are ordinary text, since prose is full of
-    apostrophes. Returns ``None`` when the parenthesis never closes.
-    """
-    depth = 1
-    i = pos
-    n = len(text)
-    while i < n and text[i] in " \t":
-        i += 1
-    if i < n and text[i] in _QUOTES:
-        quote = text[i]
-        end = text.find(quote, i + 1)
-        if end != -1:
-            i = end + 1
-    while i < n:
-        ch = text[i]
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return text[pos:i]
-        i += 1
-    return None
 
 
 # --- describing the context -----------------------------------------------------------
@@ -172,8 +35,12 @@ _LINE_COUNT_MAX = 1_000_000
 def describe_context(context: Any) -> str:
     """A short description of the context for the root prompt: its type and sizes, never its text.
 
-    Cheap even for a 100 MB context: only lengths are read.
+    Cheap even for a 100 MB context: only lengths are read. Files on disk (a ``Corpus``)
+    describe themselves: their count, size and a few names.
     """
+    describe = getattr(context, "describe", None)
+    if callable(describe):
+        return str(describe())
     if isinstance(context, str):
         if len(context) > _LINE_COUNT_MAX:  # counting lines would delay the first model call
             return f"a str of {len(context):,} characters"
@@ -216,14 +83,7 @@ _SYSTEM_PROMPT = """\
 You answer a query about a context that is far too large to read in one go. The context is \
 not in this conversation. It is stored in a Python REPL as the variable `context` ({description}).
 
-Work by writing Python in fenced code blocks tagged `repl`:
-```repl
-print(len(context))
-print(context[:500])
-```
-Every repl block in your reply runs, in order, in one persistent namespace; you then see what \
-it printed (long output is cut, so print summaries rather than whole chunks). Look at the \
-context's structure first, then search it, slice it, and keep intermediate results in variables.
+{how}
 
 Inside the REPL you can also call language models:
 - `llm_query(prompt: str) -> str` asks a sub-model ({sub_model}); it can read about {sub_chars} \
@@ -235,12 +95,39 @@ that gets its own REPL with the prompt as its context{rlm_note}.
 - `SHOW_VARS()` lists the variables you have defined.{tool_lines}
 A failed sub-call returns a string that starts with "Error:".
 
+{answer}\
+"""
+
+_HOW_FENCED = """\
+Work by writing Python in fenced code blocks tagged `repl`:
+```repl
+print(len(context))
+print(context[:500])
+```
+Every repl block in your reply runs, in order, in one persistent namespace; you then see what \
+it printed (long output is cut, so print summaries rather than whole chunks). End your reply \
+after your code: never write its output yourself, the real output comes in the next message. \
+Look at the context's structure first, then search it, slice it, and keep intermediate results \
+in variables."""
+
+_ANSWER_FENCED = """\
 When you know the answer, give it on a line of its own, outside any code block:
 FINAL(your answer)
 or, to answer with the value of a REPL variable you built:
 FINAL_VAR(variable_name)
-Do not give a final answer before you have looked at the context. Be concise between code blocks.\
-"""
+Do not give a final answer before you have looked at the context. Be concise between code blocks."""
+
+_HOW_TOOLS = """\
+Work by calling the `repl` tool with Python code, for example {{"code": "print(len(context))"}}. \
+Every call runs in one persistent namespace, in the order you make them, and its result is \
+what the code printed (long output is cut, so print summaries rather than whole chunks). Look \
+at the context's structure first, then search it, slice it, and keep intermediate results in \
+variables."""
+
+_ANSWER_TOOLS = """\
+When you know the answer, call `final_answer` with {{"answer": "your answer"}}, or with \
+{{"variable": "name"}} to answer with the value of a REPL variable you built. Do not give a \
+final answer before you have looked at the context. Be concise."""
 
 
 def build_system_prompt(
@@ -250,11 +137,14 @@ def build_system_prompt(
     can_recurse: bool,
     tools: Mapping[str, str] | None = None,
     sub_chars: int = 400_000,
+    protocol: Literal["fenced", "tools"] = "fenced",
 ) -> str:
     """The root's system prompt for a run whose context is described by ``description``.
 
     ``tools`` maps each custom tool's call signature (``lookup(key)``) to a one-line
-    description, so the model knows it can call them.
+    description, so the model knows it can call them. ``protocol`` says how the model runs
+    code and answers: fenced ``repl`` blocks and ``FINAL``, or the ``repl`` and
+    ``final_answer`` tools.
     """
     tool_lines = "".join(f"\n- `{sig}`: {doc}" for sig, doc in (tools or {}).items())
     rlm_note = (
@@ -268,6 +158,8 @@ def build_system_prompt(
         sub_chars=f"{sub_chars:,}",
         rlm_note=rlm_note,
         tool_lines=tool_lines,
+        how=_HOW_TOOLS.format() if protocol == "tools" else _HOW_FENCED,
+        answer=_ANSWER_TOOLS.format() if protocol == "tools" else _ANSWER_FENCED,
     )
 
 
@@ -284,13 +176,41 @@ def build_user_prompt(query: str | None) -> str:
     )
 
 
-def no_code_reminder(problems: Sequence[str] = ()) -> str:
+def no_code_reminder(problems: Sequence[str] = (), *, empty: bool = False) -> str:
     """What the model is told after a reply with neither code to run nor a final answer."""
     head = " ".join(problems)
+    if empty:
+        return (head + " " if head else "") + (
+            "Write Python in a ```repl block to continue, or answer with FINAL(...) or "
+            "FINAL_VAR(name) on a line of its own."
+        )
     return (
         (head + " " if head else "")
         + "Your reply had no ```repl block to run and no final answer. Continue working in the "
         "REPL, or answer with FINAL(...) or FINAL_VAR(name) on a line of its own."
+    )
+
+
+def empty_reply_problem(in_a_row: int, limit: int) -> str:
+    """What is said of an empty reply (the run ends at ``limit`` of them in a row)."""
+    if in_a_row == 1:
+        return "Your reply was empty."
+    return f"Your reply was empty again ({in_a_row} in a row; the run ends at {limit})."
+
+
+_CONFIRM_SHOWN = 300
+
+
+def confirm_final_prompt(final: FinalAnswer) -> str:
+    """The answer a reply gave together with code was not taken: ask the model to confirm it."""
+    if final.kind == "var":
+        given = f"FINAL_VAR({final.value})"
+    else:
+        given = f"FINAL({truncate_middle(final.value, _CONFIRM_SHOWN)})"
+    return (
+        f"Your reply also gave a final answer, {given}, but it was written before you saw "
+        "the output above, so it was not taken. If the output confirms it, reply with the "
+        "final answer again, on a line of its own and with no code; otherwise continue."
     )
 
 
@@ -303,11 +223,16 @@ def unknown_variable_feedback(name: str, variables: Mapping[str, str]) -> str:
     )
 
 
-def final_call_prompt() -> str:
+def final_call_prompt(protocol: Literal["fenced", "tools"] = "fenced") -> str:
     """The last message when the iteration limit is reached."""
+    how = (
+        "by calling final_answer"
+        if protocol == "tools"
+        else "as FINAL(your answer) on a line of its own"
+    )
     return (
         "You have used every turn you had. Do not write more code. Give your best final answer "
-        "now, from what you have found, as FINAL(your answer) on a line of its own."
+        f"now, from what you have found, {how}."
     )
 
 
@@ -348,3 +273,27 @@ def format_cell_feedback(
         parts.append(f"{label}\n{truncate_middle(text, per_cell)}")
     parts.extend(problems)
     return "\n\n".join(parts)
+
+
+# --- compaction ------------------------------------------------------------------------
+
+
+def compaction_prompt(turns: int, variable: str) -> str:
+    """The request for a summary of the conversation's older turns (the root model writes it)."""
+    return (
+        f"This conversation is about to outgrow your context window, so its first {turns} "
+        f"turns will be replaced by your summary of them (their full text stays in the REPL as "
+        f"`{variable}`). Write that summary now, with no code and no final answer: what you "
+        "learnt about the context, the REPL variables you made and what each holds, what "
+        "worked and what failed, and what is left to do. Be concise: at most 300 words."
+    )
+
+
+def compacted_history_note(turns: int, summary: str, variable: str) -> str:
+    """What replaces the older turns in the history: where they went, and their summary."""
+    return (
+        f"[Turns 1-{turns} of this conversation were summarised to keep it within your "
+        f"context window. Their full text is in the REPL variable `{variable}`, a list of "
+        '{"role": ..., "content": ...} messages; print parts of it if you need them.]\n\n'
+        f"Summary of those turns:\n{summary.strip()}"
+    )
