@@ -263,3 +263,49 @@ def test_budget_options_refuse_values_that_are_not_positive() -> None:
         done = _cli("run", "-q", "q", option, value)
         assert done.returncode == 2
         assert f"argument {option}: must be" in done.stderr and "Traceback" not in done.stderr
+
+
+def _kind_policy(body: dict[str, object]) -> str:
+    """A scripted model over HTTP (test double): print the context's type and length, then
+    answer with what the REPL printed."""
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    if len(messages) == 2:
+        return f"{F}repl\nprint('seen', type(context).__name__, len(context))\n{F}"
+    last = str(messages[-1]["content"])
+    return "FINAL(" + " ".join(last.split("seen", 1)[1].split()[:2]) + ")"
+
+
+def test_run_on_a_folder_reads_its_files_from_disk(tmp_path: Path) -> None:
+    """A folder argument becomes a corpus: the worker sees a collection of its files' documents,
+    not a list of texts read by the CLI; a folder beside a file is a usage error."""
+    folder = tmp_path / "dump"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "sub/c.txt"):
+        (folder / name).write_text(f"{name}\n")
+    with FakeChatServer(_kind_policy) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "RLM_MODEL": "openai:fake"}
+        done = _cli("run", str(folder), "-q", "What is here?", env=env)
+        mixed = _cli("run", str(folder), str(folder / "a.txt"), "-q", "x", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Documents 3"
+    assert mixed.returncode != 0
+    assert "one folder, or files" in mixed.stderr
+
+
+def test_run_with_protocol_tools_offers_the_repl_as_a_tool(tmp_path: Path) -> None:
+    """`--protocol tools` sends the REPL as a tool on every root request; the default does not."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("one\ntwo\n")
+    with FakeChatServer(_count_policy) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "RLM_MODEL": "openai:fake"}
+        tools = _cli("run", str(doc), "-q", "count", "--protocol", "tools", env=env)
+        with_tools = [r.json for r in server.requests]
+        server.requests.clear()
+        fenced = _cli("run", str(doc), "-q", "count", env=env)
+        without = [r.json for r in server.requests]
+    assert tools.stdout.strip() == "2", tools.stderr
+    assert fenced.stdout.strip() == "2", fenced.stderr
+    assert with_tools and without
+    assert all("repl" in [t["function"]["name"] for t in b["tools"]] for b in with_tools)
+    assert all("tools" not in b for b in without)

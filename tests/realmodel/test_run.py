@@ -21,6 +21,7 @@ from rlm_sdk import (
     ModelResponse,
     OpenAICompatibleProvider,
     RecursiveLM,
+    ReplyParsed,
     RLMResult,
     Trajectory,
     load_runs,
@@ -170,3 +171,52 @@ async def test_depth_two_children_run_on_the_real_model(
     (saved,) = load_runs(path)
     assert saved.trajectory == result.trajectory
     assert wait_for_no_children(baseline) == set()
+
+
+class ToolsSpy:
+    """A pass-through to the real provider that keeps each request's tool names: not a
+    double, every reply is the real model's."""
+
+    name = "tools-spy"
+    supports_tools = True
+
+    def __init__(self, real: OpenAICompatibleProvider) -> None:
+        self.real = real
+        self.sent_tools: list[list[str]] = []
+
+    async def acomplete(self, request: CompletionRequest) -> CompletionResponse:
+        self.sent_tools.append([t.name for t in request.tools or ()])
+        return await self.real.acomplete(request)
+
+    async def aclose(self) -> None:
+        """The real provider belongs to the test's fixture."""
+
+
+async def test_the_tool_protocol_on_a_server_that_ignores_tools(
+    real_provider: OpenAICompatibleProvider, tmp_path: Path
+) -> None:
+    """llama.cpp's default chat format takes ``tools`` and answers in plain text, never with
+    a tool call. With ``protocol="tools"`` every request offers the REPL as a tool, and every
+    reply, having no tool call, is read as fenced text: the run still ends with a stop reason,
+    each turn parsed and recorded."""
+    spy = ToolsSpy(real_provider)
+    async with RecursiveLM(
+        MODEL,
+        provider=spy,
+        protocol="tools",
+        limits=Limits(max_iterations=2, max_model_calls=6, max_wall_time=150),
+        max_tokens=MAX_TOKENS,
+        temperature=0.7,
+        on_limit="return",
+    ) as rlm:
+        result, events = await run_recorded(rlm, tmp_path / "tools.jsonl", "Was day 3 windy?")
+
+    assert result.stop_reason in STOP_REASONS
+    assert result.trajectory.turns
+    assert "repl" in spy.sent_tools[0]
+    responses = [e for e in events if isinstance(e, ModelResponse)]
+    assert responses and all(not r.tool_calls for r in responses)
+    parsed = [e for e in events if isinstance(e, ReplyParsed)]
+    assert 1 <= len(parsed) <= len(result.trajectory.turns)
+    assert all(p.fence != "tool_call" for p in parsed)
+    assert_recorded(result.trajectory, events)

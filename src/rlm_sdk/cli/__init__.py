@@ -22,7 +22,7 @@ import anyio
 from ._eval import add_eval_parser, cmd_eval
 
 if TYPE_CHECKING:
-    from rlm_sdk import JSONLRecorder, RLMResult
+    from rlm_sdk import Corpus, JSONLRecorder, RLMResult
 
 __all__ = ["main"]
 
@@ -87,6 +87,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "all of them or fail (strict), or resource limits only (none, for trusted code)",
     )
     p.add_argument(
+        "--protocol",
+        choices=("fenced", "tools", "auto"),
+        default="fenced",
+        help="how the model runs code: fenced repl blocks (the default), the REPL as a tool, "
+        "or tools where the provider has them (auto)",
+    )
+    p.add_argument(
         "--record", type=Path, metavar="FILE", help="write every event to this JSONL trajectory"
     )
     p.add_argument("--verbose", action="store_true", help="show each step of the run live")
@@ -108,7 +115,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer a query over files or stdin")
     run.add_argument(
-        "files", nargs="*", type=Path, help="context files (several become a list); stdin when none"
+        "files",
+        nargs="*",
+        type=Path,
+        help="context files (several become a list), or one folder, whose files the REPL "
+        "worker reads from disk as the code asks; stdin when none",
     )
     run.add_argument("-q", "--query", help="the query (default: the context states the task)")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -171,7 +182,18 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s")
 
 
-def _read_context(files: Sequence[Path]) -> str | list[str]:
+def _read_context(files: Sequence[Path]) -> str | list[str] | Corpus:
+    """Stdin, one file's text, several files' texts as a list, or, when any argument is a
+    folder, every file as a corpus the REPL worker reads from disk (never loaded here)."""
+    if any(f.is_dir() for f in files):
+        from rlm_sdk import ConfigurationError, Corpus
+
+        if len(files) > 1:
+            raise SystemExit("rlm-sdk: give one folder, or files, not both")
+        try:
+            return Corpus(files[0])
+        except ConfigurationError as err:
+            raise SystemExit(f"rlm-sdk: {err}") from err
     if not files or [str(f) for f in files] == ["-"]:
         if sys.stdin.isatty():
             raise SystemExit("rlm-sdk: no context: pass files, or pipe text on stdin")
@@ -195,6 +217,7 @@ def _rlm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "limits": Limits(max_cost=args.max_cost, max_wall_time=args.timeout),
         "isolation": args.isolation,
+        "protocol": args.protocol,
         "verbose": args.verbose,
     }
 
