@@ -27,6 +27,11 @@ def test_task_lists_keep_their_parameters() -> None:
         "aggregate",
         "pairs:question=both",
     ]
+    assert split_tasks("rlm,rlm:max_depth=2,sub_model=openai:gpt-5-nano,direct") == [
+        "rlm",
+        "rlm:max_depth=2,sub_model=openai:gpt-5-nano",
+        "direct",
+    ]
 
 
 def test_offline_eval_writes_results_summary_and_report(
@@ -44,6 +49,7 @@ def test_offline_eval_writes_results_summary_and_report(
     assert "[8] " in captured.err  # progress, one line per run
     assert "chains" in captured.out and "100.0" in captured.out
     assert {p.name for p in out.iterdir()} == {
+        "eval.json",  # the seed drawn for this folder
         "results.jsonl",
         "summary.json",
         "report.html",
@@ -90,3 +96,49 @@ def test_the_issues_command_against_a_loopback_server(tmp_path: Path) -> None:
     }
     assert all(h["cost_mean"] > 0 for h in summary["headline"])
     assert summary["cost_cap"]["max_cost"] == 5.0 and not summary["cost_cap"]["reached"]
+
+
+def test_methods_with_their_own_settings_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--methods takes configured methods; --protocol and --seed reach every RLM and sample."""
+    out = tmp_path / "eval"
+    code = main(
+        ["eval", "--offline", "--tasks", "chains", "--lengths", "8k", "-n", "1", "--seed", "5",
+         "--methods", "rlm,rlm:max_depth=2,name=rlm-deep,direct:window=1000", "--protocol", "auto",
+         "--no-report", "-o", str(out)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"rlm", "rlm-deep", "direct:window=1000"}
+    assert by["rlm"]["method_config"]["protocol"] == "auto"
+    assert by["rlm-deep"]["method_config"]["max_depth"] == 2
+    assert by["direct:window=1000"]["status"] == "overflow"
+    assert by["rlm"]["score"] == by["rlm-deep"]["score"] == 1.0
+    assert "seed:    5" in captured.out and not (out / "eval.json").exists()
+
+
+def test_a_cost_cap_without_known_costs_is_called_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-cost with no reported cost and no --price says the cap could not apply."""
+    code = main(
+        ["eval", "--offline", "--tasks", "niah", "-n", "1", "--methods", "direct",
+         "--max-cost", "1", "--no-report", "-o", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert "--max-cost could not apply" in capsys.readouterr().err
+
+
+def test_lengths_in_tokens_from_the_command_line(tmp_path: Path) -> None:
+    """--unit tokens fits each context to the length in the SDK's token estimate."""
+    code = main(
+        ["eval", "--offline", "--tasks", "niah", "--lengths", "8k", "-n", "1", "--unit", "tokens",
+         "--methods", "rlm", "--no-report", "-o", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert row["unit"] == "tokens" and 8192 - 200 < row["achieved"] <= 8192
+    assert row["score"] == 1.0

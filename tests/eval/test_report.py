@@ -24,7 +24,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[rlm_eval.EvalResul
     results = rlm_eval.run(
         ["niah", "chains"], ["8k", "16k"],
         ["rlm", DirectMethod(window=3000, reply_tokens=200)],
-        model="scripted", n=2, out=out, report=True, title="Offline check",
+        model="scripted", n=2, seed=0, out=out, report=True, title="Offline check",
         provider=ScriptedProvider(oracle_policy(), cost_per_call=0.002),
     )  # fmt: skip
     assert results.report is not None
@@ -85,3 +85,59 @@ def test_importing_the_sdk_and_the_eval_does_not_import_plotly() -> None:
     code = "import sys, rlm_sdk, rlm_sdk.eval, rlm_sdk.cli; print('plotly' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_linked_trajectory_opens_in_the_serve_page(
+    report: tuple[rlm_eval.EvalResults, str],
+) -> None:
+    """The file a report links to is what `rlm-sdk serve`'s page opens: its upload endpoint
+    takes it as one saved run, with every recorded event."""
+    import httpx
+
+    from tests.server.helpers import serve_in_thread
+
+    results, page = report
+    row = next(r for r in results.rows if r.method == "rlm")
+    link = re.search(rf"href='([^']+)' title='run {row.run_id}'", page)
+    assert link is not None
+    path = results.out_dir / link.group(1)
+    recorded = path.read_text(encoding="utf-8").splitlines()
+    with (
+        serve_in_thread(ScriptedProvider([])) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        opened = http.post(
+            "/api/trajectories", params={"name": path.name}, content=path.read_bytes()
+        )
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["runs"] == 1
+    assert opened.json()["events"] == len(recorded) - 1  # the first line is the file's header
+
+
+def test_failures_are_tabled_where_they_happened(report: tuple[rlm_eval.EvalResults, str]) -> None:
+    """The failures table names method, family, status and lengths, says why a direct call did
+    not fit, and links to an example sample's row."""
+    results, page = report
+    overflows = [r for r in results.rows if r.status == "overflow"]
+    said = [
+        r for r in overflows
+        if f"about {r.detail['estimated_tokens']:,} tokens for a window of 3,000" in page
+    ]  # fmt: skip
+    assert {r.family for r in said} == {"niah", "chains"}  # each family's line says why
+    assert re.search(r"<td>direct</td><td>niah</td><td class='s-overflow'>overflow</td>", page)
+    anchor = re.search(r"<a href='#([^']+)'>", page)
+    assert anchor is not None and f"<tr id='{anchor.group(1)}'>" in page
+
+
+def test_without_costs_the_page_says_so_instead_of_drawing_empty_charts(tmp_path: Path) -> None:
+    """When no call has a known cost, the page says the cost is unknown and how to give prices,
+    and draws no cost chart."""
+    results = rlm_eval.run(
+        ["niah"], ["8k"], ["rlm", "direct"], model="scripted", n=1, out=tmp_path, report=True,
+        provider=ScriptedProvider(oracle_policy()),
+    )  # fmt: skip
+    assert results.report is not None
+    page = results.report.read_text(encoding="utf-8")
+    assert "cost unknown" in page and "--price" in page
+    assert "cost per query (USD)" not in page and "mean cost per query (USD)" not in page
+    assert "Every run answered." in page

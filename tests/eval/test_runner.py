@@ -19,6 +19,7 @@ from rlm_sdk import (
 )
 from rlm_sdk import eval as rlm_eval
 from rlm_sdk.eval import DirectMethod, EvalRow, RLMMethod, Sample, load_rows, oracle_policy
+from rlm_sdk.eval._runner import resolve_methods
 from rlm_sdk.testing import ScriptedProvider
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,7 @@ async def evaluate(
 ) -> rlm_eval.EvalResults:
     kwargs.setdefault("provider", ScriptedProvider(oracle_policy()))
     kwargs.setdefault("n", 2)
+    kwargs.setdefault("seed", 0)  # the same samples on every run of the suite
     return await rlm_eval.arun(
         tasks,
         kwargs.pop("lengths", ["8k"]),
@@ -135,7 +137,8 @@ async def test_direct_records_overflow_and_truncation(tmp_path: Path) -> None:
         for row in cut
     ]
     assert {row.score for row in cut} == {0.0, 1.0}  # some needles were cut away, some kept
-    kept = sum(1 for text in sent.values() if re.search(r"belongs to [a-z-]+ is \d{7}", text))
+    whole_needle = r"^The hidden number that belongs to [a-z]+-[a-z]+ is \d{7}\.$"
+    kept = sum(1 for text in sent.values() if re.search(whole_needle, text, re.M))
     assert sum(row.score for row in cut) == kept
     assert any(survived)
 
@@ -150,6 +153,26 @@ async def test_a_provider_refusing_the_length_is_an_overflow(tmp_path: Path) -> 
         tmp_path, ["niah"], ["direct"], provider=ScriptedProvider([refusal, other])
     )
     assert sorted(r.status for r in results.rows) == ["overflow", "provider_error"]
+
+
+async def test_rows_and_the_summary_follow_the_order_asked_for(tmp_path: Path) -> None:
+    """Rows come sample by sample in the methods' given order, whichever finished first, so
+    the summary and the report list methods as they were asked for."""
+    slow = ScriptedProvider(oracle_policy(), latency=0.01)
+
+    async def instant(sample: Sample) -> str:
+        return sample.gold[0]
+
+    results = await evaluate(
+        tmp_path, ["niah", "chains"], ["rlm", instant], provider=slow, n=2, concurrency=4
+    )
+    assert [(r.family, r.index, r.method) for r in results.rows] == [
+        (family, i, method)
+        for family in ("niah", "chains")
+        for i in range(2)
+        for method in ("rlm", "instant")
+    ]
+    assert rlm_eval.summarise(results.rows)["methods"] == ["rlm", "instant"]
 
 
 async def test_user_methods_and_rlm_configurations_run_side_by_side(tmp_path: Path) -> None:
@@ -289,3 +312,101 @@ async def test_samples_in_flight_follow_the_providers_bound(tmp_path: Path) -> N
         results = await evaluate(tmp_path, ["niah"], ["direct"], provider=provider, n=6)
     assert len(results.rows) == 6
     assert provider.peak == 2
+
+
+def test_methods_by_name_with_their_own_settings() -> None:
+    """'rlm:key=value,...' and 'direct:key=value,...' make configured methods named by their text
+    (or name=); the eval's options are the base they change; bad keys and values are refused."""
+    made = resolve_methods(
+        ["rlm", "rlm:max_depth=2,protocol=auto,sub_model=openai:gpt-5-nano",
+         "direct:window=4096,name=direct-4k", "direct-truncate:reply_tokens=64"],
+        model="m", rlm_options={"max_iterations": 5}, direct_options={"max_tokens": 99},
+    )  # fmt: skip
+    plain, deep, direct, cut = made
+    assert isinstance(plain, RLMMethod) and plain.name == "rlm"
+    assert plain.options == {"max_iterations": 5}
+    assert isinstance(deep, RLMMethod)
+    assert deep.name == "rlm:max_depth=2,protocol=auto,sub_model=openai:gpt-5-nano"
+    assert deep.options == {
+        "max_iterations": 5,
+        "max_depth": 2,
+        "protocol": "auto",
+        "sub_model": "openai:gpt-5-nano",
+    }
+    assert isinstance(direct, DirectMethod) and isinstance(cut, DirectMethod)
+    assert (direct.name, direct.window, direct.truncate, direct.max_tokens) == (
+        "direct-4k",
+        4096,
+        False,
+        99,
+    )
+    assert (cut.name, cut.truncate, cut.reply_tokens, cut.model) == (
+        "direct-truncate:reply_tokens=64",
+        True,
+        64,
+        "m",
+    )
+    with pytest.raises(ConfigurationError, match="has no setting 'depth'"):
+        resolve_methods(["rlm:depth=2"], model="m")
+    with pytest.raises(ConfigurationError, match="window must be a int"):
+        resolve_methods(["direct:window=big"], model="m")
+    with pytest.raises(ConfigurationError, match="unknown method 'summarise'"):
+        resolve_methods(["summarise"], model="m")
+    with pytest.raises(ConfigurationError, match="share a name"):
+        resolve_methods(["rlm", "rlm:name=rlm"], model="m")
+
+
+async def test_two_rlm_configurations_by_name_run_side_by_side(tmp_path: Path) -> None:
+    """Configured methods named in strings run under their own names with their own settings."""
+    results = await evaluate(
+        tmp_path, ["niah"], ["rlm", "rlm:max_depth=2,name=rlm-deep", "direct"], n=1
+    )
+    by = {r.method: r for r in results.rows}
+    assert set(by) == {"rlm", "rlm-deep", "direct"}
+    assert by["rlm-deep"].method_config["max_depth"] == 2
+    assert "max_depth" not in by["rlm"].method_config
+    assert all(r.score == 1.0 for r in results.rows)
+
+
+async def test_the_model_defaults_to_rlm_model_for_every_built_in_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without model=, RLM_MODEL names the model of the RLM and of the direct call alike; with
+    neither, the direct method is refused before anything runs."""
+    monkeypatch.setenv("RLM_MODEL", "env-model")
+    results = await rlm_eval.arun(
+        ["niah"], ["8k"], ["rlm", "direct"], n=1, out=tmp_path / "env", report=False,
+        provider=ScriptedProvider(oracle_policy()),
+    )  # fmt: skip
+    assert {r.method: r.method_config["model"] for r in results.rows} == {
+        "rlm": "env-model",
+        "direct": "env-model",
+    }
+    assert all(r.status == "answered" and set(r.models) == {"env-model"} for r in results.rows)
+    monkeypatch.delenv("RLM_MODEL")
+    with pytest.raises(ConfigurationError, match="direct needs a model"):
+        await rlm_eval.arun(
+            ["niah"], ["8k"], ["direct"], n=1, out=tmp_path / "none", report=False,
+            provider=ScriptedProvider(oracle_policy()),
+        )  # fmt: skip
+
+
+async def test_without_a_seed_each_folder_draws_one_and_keeps_it(tmp_path: Path) -> None:
+    """No seed: each folder gets its own random samples, kept in eval.json for a resume; an
+    explicit seed gives the same samples in any folder."""
+
+    async def ids(folder: str, **kwargs: object) -> set[str]:
+        results = await rlm_eval.arun(
+            ["niah"], ["8k"], ["direct"], model="scripted", n=2, out=tmp_path / folder,
+            report=False, provider=ScriptedProvider(oracle_policy()), **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert json.loads(results.summary.read_text())["seed"] == results.seed
+        return {r.sample_id for r in results.rows}
+
+    first, again, other = await ids("a"), await ids("a"), await ids("b")
+    assert first == again and first.isdisjoint(other)
+    kept = json.loads((tmp_path / "a" / "eval.json").read_text())["seed"]
+    assert isinstance(kept, int) and kept != 0
+    assert await ids("c", seed=kept) == first
+    assert await ids("d", seed=7) == await ids("e", seed=7)
+    assert not (tmp_path / "d" / "eval.json").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from rlm_sdk import ConfigurationError, estimate_tokens
@@ -73,12 +75,27 @@ def test_ids_are_stable_hashes_of_everything_a_sample_depends_on() -> None:
     assert len({spec.id, *(s.id for s in changed)}) == 5
 
 
-def test_pinned_id_and_context_do_not_drift() -> None:
-    """A known spec gives a known id and context start, so a results file stays resumable across releases."""
-    sample = generate("chains", "8k", seed=7)
-    assert sample.id.startswith("chains-8k-000-")
-    again = generate("chains", "8k", seed=7)
-    assert sample.id == again.id and sample.context[:200] == again.context[:200]
+PINNED = {
+    # family: (id, first 16 hex digits of the context's SHA-256, gold) at 8k, seed 7
+    "niah": ("niah-8k-000-8ee18cc536", "b726f183b14d108e", ["7624039"]),
+    "aggregate": ("aggregate-8k-000-94523b04a0", "41e90b2c16a8eb73", ["more common than"]),
+    "pairs": ("pairs-8k-000-9706986015", "4ef39ebc83399e1e", ["16328,29772", "16328,52445"]),
+    "chains": ("chains-8k-000-9cea754d30", "b4528cd71d0f6283", ["KEMUB", "CRDLS"]),
+    "docs_multihop": ("docs_multihop-8k-000-a402c1ec23", "7397eabec8927996", ["1949"]),
+    "code_lookup": ("code_lookup-8k-000-811251dc66", "01c7f4fef31acf83", ["A"]),
+}
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_pinned_ids_and_contexts_do_not_drift(family: str) -> None:
+    """A known spec gives a known id, context and gold answer, so a results file stays
+    resumable and comparable across releases; a change here is a change of every eval's
+    samples and must be deliberate."""
+    sample = generate(family, "8k", seed=7)
+    sample_id, digest, gold = PINNED[family]
+    assert sample.id == sample_id
+    assert hashlib.sha256(sample.context.encode()).hexdigest()[:16] == digest
+    assert sample.gold[:2] == gold
 
 
 def test_specs_give_each_cell_n_distinct_seeds_in_order() -> None:

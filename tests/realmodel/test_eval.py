@@ -39,7 +39,7 @@ async def test_a_small_eval_runs_against_the_real_model(
     ]
     out = tmp_path / "eval"
     results = await rlm_eval.arun(
-        ["niah"], ["2k"], methods, model=MODEL, n=1, out=out, provider=real_provider,
+        ["niah"], ["2k"], methods, model=MODEL, n=1, seed=0, out=out, provider=real_provider,
         concurrency=1, report=True, title="SmolLM2-135M on llama.cpp (CI)",
     )  # fmt: skip
     assert len(results.rows) == 2

@@ -9,6 +9,7 @@ tried without a key; it says so loudly.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,16 @@ __all__ = ["add_eval_parser", "cmd_eval", "split_tasks"]
 OFFLINE_MODEL = "scripted-oracle"
 
 
+_SETTING = re.compile(r"^\w+=")
+
+
 def split_tasks(text: str) -> list[str]:
     """``"niah:needles=4,haystack=prose,aggregate"`` -> ``["niah:needles=4,haystack=prose",
-    "aggregate"]``: a piece with ``=`` and no ``:`` continues the task before it."""
+    "aggregate"]``: a piece that starts ``key=`` continues the task (or method) before it, so
+    ``rlm:max_depth=2,sub_model=openai:gpt-5-nano,direct`` is two methods."""
     tasks: list[str] = []
     for piece in filter(None, (p.strip() for p in text.split(","))):
-        if "=" in piece and ":" not in piece and tasks:
+        if _SETTING.match(piece) and tasks:
             tasks[-1] += "," + piece
         else:
             tasks.append(piece)
@@ -71,7 +76,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--methods",
         default="rlm,direct",
-        help="rlm, direct, direct-truncate (default rlm,direct)",
+        help="rlm, direct, direct-truncate, each optionally with its own settings, e.g. "
+        "rlm,rlm:max_depth=2,protocol=tools,direct (default rlm,direct)",
     )
     p.add_argument(
         "-n", type=_positive(int), default=20, help="samples per task and length (default 20)"
@@ -83,6 +89,12 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--max-iterations", type=_positive(int), default=None, help="the RLM's turns per run"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("fenced", "tools", "auto"),
+        default=None,
+        help="how the RLM's model runs code and answers (default fenced)",
     )
     p.add_argument(
         "--max-tokens",
@@ -120,7 +132,13 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="samples in flight (default: the provider's bound on requests in flight)",
     )
-    p.add_argument("--seed", type=int, default=0, help="base seed of the samples (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed of the samples (default: a random one, kept in --out/eval.json so a "
+        "resumed eval builds the same samples)",
+    )
     p.add_argument(
         "--unit",
         choices=("chars", "tokens"),
@@ -173,6 +191,7 @@ async def cmd_eval(args: argparse.Namespace) -> int:
             "max_depth": args.max_depth,
             "max_iterations": args.max_iterations,
             "max_tokens": args.max_tokens,
+            "protocol": args.protocol,
         }.items()
         if v is not None
     }
@@ -204,7 +223,7 @@ async def cmd_eval(args: argparse.Namespace) -> int:
     results = await rlm_eval.arun(
         split_tasks(args.tasks),
         _csv(args.lengths),
-        _csv(args.methods),
+        split_tasks(args.methods),
         model=model,
         n=args.n,
         seed=args.seed,
@@ -232,11 +251,17 @@ async def cmd_eval(args: argparse.Namespace) -> int:
         print(
             f"{h['family']:<14} {h['method']:<16} {h['n']:>4} {mean:>8} {interval:>15} {cost:>10}"
         )
-    print(f"results: {results.results}\nsummary: {results.summary}")
+    print(f"results: {results.results}\nsummary: {results.summary}\nseed:    {results.seed}")
     if results.report is not None:
         print(f"report:  {results.report}")
     elif not args.no_report:
         print("report:  not written (pip install 'rlm-sdk[eval]' for the HTML report)")
+    if args.max_cost and results.rows and all(r.cost is None for r in results.rows):
+        print(
+            "rlm-sdk eval: no call had a known cost, so --max-cost could not apply; give "
+            "--price MODEL=IN,OUT for models whose provider reports none",
+            file=sys.stderr,
+        )
     if results.stopped_by_cost_cap:
         print(
             f"rlm-sdk eval: stopped at the cost cap (${results.spent:.4f} spent; "

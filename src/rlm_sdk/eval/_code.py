@@ -131,14 +131,14 @@ def _render_module(
 
 
 def _config_module(pkg: str, settings: Mapping[str, int]) -> str:
-    body = ",\n".join(f'    "{k}": {v}' for k, v in settings.items())
+    """The ``config`` module: a dict of settings (maybe empty) and ``get``."""
     return "\n".join(
         [
             FILE_HEADER.format(path=f"{pkg}/config.py"),
             '"""Settings, read with get(key); a key without a setting reads as its length."""',
             "",
             "SETTINGS = {",
-            body + ",",
+            *(f'    "{k}": {v},' for k, v in settings.items()),
             "}",
             "",
             "",

@@ -353,11 +353,20 @@ class DirectMethod(Method):
         return context_window(self.model, self.context_windows) if self.model else None
 
     async def open(self, provider: Provider, prices: Mapping[str, tuple[float, float]]) -> None:
+        """Keep the eval's provider.
+
+        Raises:
+            ConfigurationError: no model (neither given, nor the eval's, nor ``RLM_MODEL``).
+        """
+        if not self.model:
+            raise ConfigurationError(
+                f"method {self.name} needs a model: pass model=, --model, or set RLM_MODEL"
+            )
         self._provider = provider
 
     async def run(self, sample: Sample, trial: Trial) -> Outcome:
         if self._provider is None or self.model is None:
-            raise ConfigurationError("DirectMethod needs a model and open()")
+            raise ConfigurationError("DirectMethod.open() was not called")
         window = self._window()
         messages = direct_prompt(sample.context, sample.query)
         tokens = _prompt_tokens(messages)

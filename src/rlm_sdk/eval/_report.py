@@ -10,7 +10,8 @@ What the page shows, top to bottom: the headline table (score with its 95 % inte
 mean cost, per family and method, and paired win/tie/loss counts), accuracy against length
 per family with bands and a grey "does not fit" band where the direct call overflowed,
 cost per query (quantiles and spread), calls and latency per query, an accuracy-cost
-scatter, the failures by status, and every sample with a link to its trajectory.
+scatter (when costs are known), the failures by status with a table of where they happened
+and their first error, and every sample with a link to its trajectory.
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ details{margin:6px 0}summary{cursor:pointer;font-weight:600}
 .ans{max-width:260px;overflow-wrap:anywhere}
 """
 
+_OPEN_TARGET = """
+function openTarget() {
+  const row = document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  if (!row) return;
+  const box = row.closest("details");
+  if (box) box.open = true;
+  row.scrollIntoView({ block: "center" });
+}
+addEventListener("hashchange", openTarget);
+openTarget();
+"""
+"""A sample's anchor (from the failures table) opens its family's list first."""
+
 
 def plotly_missing() -> str | None:
     """Why a report cannot be written here (plotly is missing), or ``None``."""
@@ -62,6 +76,12 @@ def plotly_missing() -> str | None:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _p_value(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "&lt; 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _pct(value: float | None) -> str:
@@ -81,6 +101,18 @@ def _colour(methods: Sequence[str], method: str) -> str:
 def _fill(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def _bars(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Error bars from the cells' 95 % intervals."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [c["ci_high"] - c["mean"] for c in cells],
+        "arrayminus": [c["mean"] - c["ci_low"] for c in cells],
+        "thickness": 1.5,
+        "width": 6,
+    }
 
 
 def _accuracy_figure(summary: dict[str, Any]) -> Any:
@@ -110,7 +142,9 @@ def _accuracy_figure(summary: dict[str, Any]) -> Any:
             ]
             if not cells:
                 continue
-            xs = [lengths.index(c["length"]) for c in cells]
+            xs: list[float] = [lengths.index(c["length"]) for c in cells]
+            if len(cells) == 1:  # side by side, so one method's bar does not hide another's
+                xs = [xs[0] + 0.08 * (methods.index(method) - (len(methods) - 1) / 2)]
             colour = _colour(methods, method)
             fig.add_trace(
                 go.Scatter(
@@ -134,6 +168,7 @@ def _accuracy_figure(summary: dict[str, Any]) -> Any:
                     mode="lines+markers",
                     name=method,
                     line={"color": colour, "width": 2.5},
+                    error_y=_bars(cells) if len(cells) == 1 else None,  # a band needs two points
                     legendgroup=method,
                     showlegend=k == 0,
                     customdata=[
@@ -160,34 +195,43 @@ def _accuracy_figure(summary: dict[str, Any]) -> Any:
             ticktext=[labels.get(n, str(n)) for n in lengths],
             range=[-0.5, len(lengths) - 0.5],
         )
-        fig.layout[f"yaxis{axis}"].update(range=[-0.03, 1.05], tickformat=".0%")
+        fig.layout[f"yaxis{axis}"].update(
+            range=[-0.03, 1.12], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0], tickformat=".0%"
+        )
+    height = 330 * rows + 60
+    top = 90  # the legend sits above the first row's titles, in this margin
     fig.update_layout(
-        height=330 * rows, margin={"l": 40, "r": 20, "t": 40, "b": 40}, template="plotly_white",
-        legend={"orientation": "h", "y": 1.08 if rows == 1 else 1.04},
+        height=height, margin={"l": 40, "r": 20, "t": top, "b": 40}, template="plotly_white",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1 + 36 / (height - top - 40),
+                "x": 0, "xanchor": "left"},
     )  # fmt: skip
     return fig
 
 
+def _costs_known(rows: Sequence[EvalRow]) -> bool:
+    return any(r.cost is not None for r in rows)
+
+
 def _spread_figure(rows: Sequence[EvalRow], methods: list[str]) -> Any:
+    """Box plots per method: cost (when any is known), model calls and latency per query."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        subplot_titles=("cost per query (USD)", "model calls per query", "latency per query (s)"),
-    )
+    with_cost = _costs_known(rows)
+    titles = ["model calls per query", "latency per query (s)"]
+    if with_cost:
+        titles.insert(0, "cost per query (USD)")
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     for method in methods:
         mine = [r for r in rows if r.method == method and r.status != "cost_cap"]
         colour = _colour(methods, method)
-        for col, values in enumerate(
-            (
-                [r.cost for r in mine if r.cost is not None],
-                [r.calls for r in mine],
-                [r.latency_s for r in mine],
-            ),
-            start=1,
-        ):
+        series: list[list[float]] = [
+            [float(r.calls) for r in mine],
+            [r.latency_s for r in mine],
+        ]
+        if with_cost:
+            series.insert(0, [r.cost for r in mine if r.cost is not None])
+        for col, values in enumerate(series, start=1):
             fig.add_trace(
                 go.Box(
                     y=values,
@@ -276,7 +320,7 @@ def _paired_table(summary: dict[str, Any]) -> str:
             f"<td class=num>{p['n']}</td><td class='num win'>{p['wins']}</td><td class=num>{p['ties']}</td>"
             f"<td class='num loss'>{p['losses']}</td><td class=num>{_fmt(p['mean_diff'])}</td>"
             f"<td class=num>{_fmt(p['ci_low'])} – {_fmt(p['ci_high'])}</td>"
-            f"<td class=num>{_fmt(p['mcnemar_p'])}</td></tr>"
+            f"<td class=num>{_p_value(p['mcnemar_p'])}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -292,6 +336,39 @@ def _cost_table(summary: dict[str, Any]) -> str:
             + f"<td class=num>{_money(s['cost_mean'])}</td><td class=num>{_fmt(s['calls_mean'], 1)}</td>"
             f"<td class=num>{_fmt(s['sub_calls_mean'], 1)}</td><td class=num>{_fmt(lat['p50'], 2)} s</td>"
             f"<td class=num>{_fmt(lat['p95'], 2)} s</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _why(row: EvalRow) -> str | None:
+    """What an error-less failure's row says about it (a direct call's size and window)."""
+    tokens, window = row.detail.get("estimated_tokens"), row.detail.get("window")
+    if row.status == "overflow" and isinstance(tokens, int) and isinstance(window, int):
+        return f"about {tokens:,} tokens for a window of {window:,}"
+    return None
+
+
+def _failure_table(rows: Sequence[EvalRow]) -> str:
+    """Runs that did not answer, by method, family and status, with one error for each."""
+    groups: dict[tuple[str, str, str], list[EvalRow]] = {}
+    for r in rows:
+        if r.status != "answered":
+            groups.setdefault((r.method, r.family, r.status), []).append(r)
+    if not groups:
+        return "<p class=note>Every run answered.</p>"
+    head = "<tr><th>method</th><th>family</th><th>status</th><th>runs</th><th>lengths</th><th>first error</th><th>example</th></tr>"
+    body = []
+    for (method, family, status), mine in sorted(groups.items()):
+        lengths = sorted({r.length for r in mine})
+        labels = ", ".join(next(r.length_label for r in mine if r.length == n) for n in lengths)
+        error = next((r.error for r in mine if r.error), None) or _why(mine[0])
+        first = mine[0]
+        body.append(
+            f"<tr><td>{html.escape(method)}</td><td>{html.escape(family)}</td>"
+            f"<td class='s-{status}'>{status}</td><td class=num>{len(mine)}</td>"
+            f"<td>{html.escape(labels)}</td><td class=ans>{_short(error)}</td>"
+            f"<td><a href='#{html.escape(first.sample_id)}-{html.escape(first.method)}'>"
+            f"{html.escape(first.sample_id)}</a></td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -339,12 +416,14 @@ def render_report(
     import plotly.io as pio  # type: ignore[import-untyped]
 
     methods: list[str] = summary["methods"]
+    with_cost = _costs_known(rows)
     figures = [
         ("Accuracy against length", _accuracy_figure(summary)),
         ("Cost, calls and latency per query", _spread_figure(rows, methods)),
-        ("Accuracy against cost", _scatter_figure(summary)),
         ("Failures", _failure_figure(rows, methods)),
     ]
+    if with_cost:
+        figures.insert(2, ("Accuracy against cost", _scatter_figure(summary)))
     rendered = {
         name: pio.to_html(
             fig,
@@ -363,6 +442,19 @@ def render_report(
     unit = rows[0].unit if rows else "chars"
     title = title or "Does an RLM help this model?"
     cap = summary.get("cost_cap") or {}
+    spent = (
+        f"spent {_money(cap.get('spent'))}"
+        if with_cost
+        else "cost unknown (the provider reported none; give prices)"
+    )
+    scatter = (
+        f"<p class=note>One point per family, length and method.</p>\n"
+        f"<div class=card>{rendered['Accuracy against cost']}</div>"
+        if with_cost
+        else "<p class=note>No model call had a known cost: give prices (<code>--price "
+        "MODEL=IN,OUT</code>, or <code>prices=</code> in Python) to see what each point of "
+        "score costs.</p>"
+    )
     cap_note = (
         f" The cost cap of {_money(cap.get('max_cost'))} was reached; {cap.get('not_run', 0)} runs did not start."
         if cap.get("reached")
@@ -372,7 +464,7 @@ def render_report(
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width,initial-scale=1">
 <title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>
 <h1>{html.escape(title)}</h1>
-<p class=sub>{len(rows)} runs · methods {html.escape(", ".join(methods))} · families {html.escape(", ".join(summary["families"]))} · lengths {html.escape(lengths)} ({unit}) · spent {_money(cap.get("spent"))}.{cap_note}</p>
+<p class=sub>{len(rows)} runs · methods {html.escape(", ".join(methods))} · families {html.escape(", ".join(summary["families"]))} · lengths {html.escape(lengths)} ({unit}) · {spent}.{cap_note}</p>
 <h2>Headline</h2>
 <p class=note>Mean score per family and method with its 95 % interval (50 samples per cell give about ±14 points), the strict variant of the scoring rule, mean cost per query, and how often the direct call did not fit the model's window (it then scores 0).</p>
 {_headline_table(summary)}
@@ -387,15 +479,15 @@ def render_report(
 {_cost_table(summary)}
 <div class=card>{rendered["Cost, calls and latency per query"]}</div>
 <h2>Accuracy against cost</h2>
-<p class=note>One point per family, length and method.</p>
-<div class=card>{rendered["Accuracy against cost"]}</div>
+{scatter}
 <h2>Failures</h2>
 <p class=note>answered: an answer came back (right or wrong) · overflow: the prompt did not fit · no_answer: the run ended without one · limit: a budget ran out · provider_error / error: a failure · cost_cap: stopped by the eval's cap (not scored).</p>
 <div class=card>{rendered["Failures"]}</div>
+{_failure_table(rows)}
 <h2>Every sample</h2>
 <p class=note>Each RLM run links to its trajectory (JSONL). To view one, run <code>rlm-sdk serve</code>, open its page and choose <b>Open trajectory</b> with the file, or print it with <code>rlm-sdk view FILE</code>. Links are relative to this report's folder.</p>
 {_samples(rows, summary["families"])}
-</main></body></html>
+</main><script>{_OPEN_TARGET}</script></body></html>
 """
 
 

@@ -15,12 +15,18 @@ refused, so a file never mixes two configurations under one name.
 The cost cap covers the whole eval, earlier runs in the folder included. Costs are counted
 as each model call finishes; when they reach the cap, no new sample starts and the runs in
 flight are cancelled (their rows say ``cost_cap``, and run again on resume).
+
+Seeds: without one, an eval draws a random base seed and keeps it in the folder's
+``eval.json``, so a resumed eval builds the same samples while code a model runs in the REPL
+(where this generator is importable) cannot guess them from a default. Pass ``seed`` to make
+samples that any machine can build again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,16 +36,24 @@ import anyio
 from pydantic import BaseModel
 
 from rlm_sdk import ConfigurationError, ModelRouter, Provider
-from rlm_sdk._frontend import get_logger
+from rlm_sdk._frontend import get_logger, load_settings
 
 from ._methods import DirectMethod, FunctionMethod, Method, Outcome, RLMMethod, Trial
 from ._rows import RESULTS, EvalRow, lines
-from ._sample import Sample, Tokenizer, Unit, length_label
+from ._sample import Sample, Tokenizer, Unit, length_label, parse_task
 from ._score import score
 from ._specs import SampleSpec, specs
 from ._summary import summarise
 
-__all__ = ["RERUN", "EvalResults", "arun", "resolve_methods", "run"]
+__all__ = [
+    "RERUN",
+    "EvalResults",
+    "arun",
+    "folder_seed",
+    "method_from_spec",
+    "resolve_methods",
+    "run",
+]
 
 RERUN: frozenset[str] = frozenset({"error", "provider_error", "cost_cap"})
 """Statuses whose rows run again when an eval is resumed."""
@@ -60,12 +74,117 @@ class EvalResults(BaseModel):
     stopped_by_cost_cap: bool = False
     not_run: int = 0
     """(sample, method) pairs not run because the cost cap was reached."""
+    seed: int = 0
+    """The base seed the samples were built from (drawn and kept in ``eval.json`` when none
+    was given)."""
 
 
 def _open_folder(out_dir: Path) -> list[EvalRow]:
     """Make the output folder if needed; every line of its results file so far."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return lines(out_dir / RESULTS)
+
+
+SEED_FILE = "eval.json"
+
+
+def folder_seed(out_dir: Path) -> int:
+    """The base seed kept in ``out_dir``'s ``eval.json``, drawn at random and kept there when
+    the folder has none (so a resumed eval builds the same samples)."""
+    path = out_dir / SEED_FILE
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    if isinstance(kept, int) and not isinstance(kept, bool):
+        return kept
+    seed = secrets.randbelow(2**63)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"seed": seed}) + "\n", encoding="utf-8")
+    return seed
+
+
+_RLM_KEYS: dict[str, type] = {
+    "name": str,
+    "model": str,
+    "sub_model": str,
+    "max_depth": int,
+    "max_iterations": int,
+    "protocol": str,
+    "isolation": str,
+    "temperature": float,
+    "max_tokens": int,
+    "compact_at": float,
+}
+_DIRECT_KEYS: dict[str, type] = {
+    "name": str,
+    "model": str,
+    "truncate": bool,
+    "window": int,
+    "reply_tokens": int,
+    "max_tokens": int,
+    "temperature": float,
+}
+
+
+def _typed(method: str, key: str, value: str, kind: type) -> Any:
+    try:
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{method}: {key} must be a {kind.__name__}, not {value!r}"
+        ) from None
+    if kind is bool:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigurationError(f"{method}: {key} must be true or false, not {value!r}")
+    return value
+
+
+def method_from_spec(
+    text: str,
+    *,
+    model: str | None,
+    rlm_options: Mapping[str, Any] | None = None,
+    direct_options: Mapping[str, Any] | None = None,
+) -> Method:
+    """A built-in method from its name, with optional settings after a colon.
+
+    ``rlm``, ``direct`` and ``direct-truncate`` take the eval's options as they are;
+    ``"rlm:max_depth=2,protocol=tools"`` or ``"direct:window=32768"`` change some of them for
+    this method alone, which is then named by the whole text unless ``name=`` says
+    otherwise. RLM keys: model, sub_model, max_depth, max_iterations, protocol, isolation,
+    temperature, max_tokens, compact_at. Direct keys: model, truncate, window, reply_tokens,
+    max_tokens, temperature.
+
+    Raises:
+        ConfigurationError: an unknown method or key, or a value of the wrong kind.
+    """
+    base, given = parse_task(text)
+    if base not in ("rlm", "direct", "direct-truncate"):
+        raise ConfigurationError(
+            f"unknown method {text!r}: use rlm, direct or direct-truncate (optionally with "
+            "settings, as in rlm:max_depth=2), or pass a Method or an async callable"
+        )
+    keys = _RLM_KEYS if base == "rlm" else _DIRECT_KEYS
+    options: dict[str, Any] = dict((rlm_options if base == "rlm" else direct_options) or {})
+    for key, value in given.items():
+        if key not in keys:
+            raise ConfigurationError(
+                f"method {base} has no setting {key!r} (it has: {', '.join(sorted(keys))})"
+            )
+        options[key] = _typed(base, key, value, keys[key])
+    name = str(options.pop("name", text.strip() if given else base))
+    own_model = options.pop("model", None) or model
+    if base == "rlm":
+        return RLMMethod(own_model, name=name, **options)
+    options.setdefault("truncate", base == "direct-truncate")
+    return DirectMethod(own_model, name=name, **options)
 
 
 def resolve_methods(
@@ -75,7 +194,8 @@ def resolve_methods(
     rlm_options: Mapping[str, Any] | None = None,
     direct_options: Mapping[str, Any] | None = None,
 ) -> list[Method]:
-    """Method objects from names (``rlm``, ``direct``, ``direct-truncate``), objects or callables.
+    """Method objects from names (``rlm``, ``direct``, ``direct-truncate``, each optionally
+    with settings: see :func:`method_from_spec`), objects or callables.
 
     Raises:
         ConfigurationError: an unknown name, or two methods with one name.
@@ -87,19 +207,11 @@ def resolve_methods(
                 m.model = model
             out.append(m)
         elif isinstance(m, str):
-            if m == "rlm":
-                out.append(RLMMethod(model, **dict(rlm_options or {})))
-            elif m in ("direct", "direct-truncate"):
-                out.append(
-                    DirectMethod(
-                        model, truncate=m == "direct-truncate", **dict(direct_options or {})
-                    )
+            out.append(
+                method_from_spec(
+                    m, model=model, rlm_options=rlm_options, direct_options=direct_options
                 )
-            else:
-                raise ConfigurationError(
-                    f"unknown method {m!r}: use rlm, direct or direct-truncate, or pass a Method "
-                    "or an async callable"
-                )
+            )
         else:
             out.append(FunctionMethod(m))
     names = [m.name for m in out]
@@ -186,7 +298,7 @@ async def arun(
     *,
     model: str | None = None,
     n: int = 20,
-    seed: int = 0,
+    seed: int | None = None,
     unit: Unit = "chars",
     tokenizer: Tokenizer | None = None,
     out: str | Path = "eval-results",
@@ -205,12 +317,14 @@ async def arun(
     Args:
         tasks: family names, ``"family:key=value,..."`` strings, or ``(family, params)``.
         lengths: context lengths (``"8k"``, ``"512k"``, ``"4M"``, or numbers).
-        methods: ``"rlm"``, ``"direct"``, ``"direct-truncate"``, :class:`Method` objects
+        methods: ``"rlm"``, ``"direct"``, ``"direct-truncate"``, each optionally with
+            settings (``"rlm:max_depth=2,protocol=tools"``), :class:`Method` objects
             (:class:`RLMMethod` in any configuration), or async callables ``fn(sample)``.
-        model: the model of the built-in methods that name none.
+        model: the model of the built-in methods that name none (default: ``RLM_MODEL``).
         n: samples per (task, length) cell.
         seed: the base seed; every sample's seed derives from it, so the same arguments
-            give the same samples.
+            give the same samples. ``None`` (the default): a random seed, kept in the
+            folder's ``eval.json`` and used again when the folder is resumed.
         unit: ``"chars"`` (default) or ``"tokens"`` (needs ``tokenizer``).
         tokenizer: counts tokens, for ``unit="tokens"``.
         out: the output folder: ``results.jsonl``, ``trajectories/``, ``summary.json``,
@@ -233,15 +347,19 @@ async def arun(
         ConfigurationError: a bad argument, or a method whose configuration differs from
             the one recorded under its name in ``out``.
     """
-    todo_specs = specs(tasks, lengths, n, seed=seed, unit=unit)
+    specs(tasks, lengths, n, seed=0, unit=unit)  # every argument checked before any file
     if unit == "tokens" and tokenizer is None:
         raise ConfigurationError("unit='tokens' needs a tokenizer (a str -> int counter)")
+    model = model or load_settings().model
     chosen = resolve_methods(
         methods, model=model, rlm_options=rlm_options, direct_options=direct_options
     )
     out_dir = Path(out)
     results_path = out_dir / RESULTS
     every_line = await anyio.to_thread.run_sync(_open_folder, out_dir)
+    if seed is None:
+        seed = await anyio.to_thread.run_sync(folder_seed, out_dir)
+    todo_specs = specs(tasks, lengths, n, seed=seed, unit=unit)
     previous = {(r.sample_id, r.method): r for r in every_line}
     shared = provider or ModelRouter()
     price_table = dict(prices or {})
@@ -259,7 +377,10 @@ async def arun(
                     f"({row.method_config}); use another folder or another method name"
                 )
         spend = _Spend(max_cost, math.fsum(r.cost or 0.0 for r in every_line))
-        bound = concurrency or _bound(shared, model) or DEFAULT_CONCURRENCY
+        first_model = next(
+            (m.model for m in chosen if isinstance(m, RLMMethod | DirectMethod) and m.model), model
+        )
+        bound = concurrency or _bound(shared, first_model) or DEFAULT_CONCURRENCY
         limiter = anyio.CapacityLimiter(bound)
         pending = {
             spec.id: [
@@ -339,7 +460,11 @@ async def arun(
             await shared.aclose()
     wanted = {s.id for s in todo_specs}
     rows = [r for r in previous.values() if r.sample_id in wanted and r.method in configs]
+    spec_order = {s.id: i for i, s in enumerate(todo_specs)}
+    method_order = {m.name: j for j, m in enumerate(chosen)}
+    rows.sort(key=lambda r: (spec_order[r.sample_id], method_order[r.method]))  # as asked
     summary = summarise(rows)
+    summary["seed"] = seed
     summary["cost_cap"] = {
         "max_cost": max_cost,
         "spent": spend.spent,
@@ -362,6 +487,7 @@ async def arun(
         spent=spend.spent,
         stopped_by_cost_cap=spend.hit,
         not_run=not_run,
+        seed=seed,
     )
 
 
