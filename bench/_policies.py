@@ -43,4 +43,19 @@ def niah(body: dict[str, Any]) -> str:
     return niah_policy(CompletionRequest.model_validate(body))
 
 
-POLICIES = {"niah": niah, "fanout": fanout_policy}
+def count_policy(body: dict[str, Any]) -> str:
+    """Each query (the first, or a session's follow-up): print ``len(context)`` in the REPL,
+    then answer with what was printed."""
+    messages = CompletionRequest.model_validate(body).messages
+    asked = max(
+        i
+        for i, m in enumerate(messages)
+        if m.role == "user" and m.content.startswith(("The query:", "A follow-up query"))
+    )
+    printed = re.search(r"chars: (\d+)", "\n".join(m.content for m in messages[asked + 1 :]))
+    if printed:
+        return f"FINAL({printed.group(1)})"
+    return '```repl\nprint("chars:", len(context))\n```'
+
+
+POLICIES = {"niah": niah, "fanout": fanout_policy, "count": count_policy}

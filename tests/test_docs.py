@@ -200,6 +200,57 @@ def tools_model(body: dict[str, Any]) -> str:
     return _TIERS
 
 
+def session_model(body: dict[str, Any]) -> str:
+    """A conversation: search the context the latest query brought (`context`, `context_N`),
+    keeping every hit in the REPL list `found`; a query without a new context counts `found`."""
+    messages = body["messages"]
+    if _role(messages[0]) != "system":
+        return _plain_sub_call(str(messages[-1]["content"]))
+    asked = max(
+        i
+        for i, m in enumerate(messages)
+        if _role(m) == "user" and str(m["content"]).startswith(("The query:", "A follow-up query"))
+    )
+    after = "\n".join(str(m["content"]) for m in messages[asked + 1 :] if _role(m) == "user")
+    printed = _NEEDLE.search(after) or re.search(r"found so far: (\d+)", after)
+    if printed:
+        return f"FINAL({printed.group(1)})"
+    if any(_role(m) == "assistant" for m in messages[asked:]):
+        return "FINAL(nothing found)"
+    query = str(messages[asked]["content"])
+    named = re.search(r"new context, `(context_\d+)`", query)
+    name = named.group(1) if named else "context" if query.startswith("The query:") else None
+    if name is None:
+        return f'{F}repl\nprint("found so far:", len(found))\n{F}'
+    return (
+        f"{F}repl\nhits = [l for l in {name}.splitlines() if 'magic number' in l.lower()]\n"
+        f"found = [*globals().get('found', []), *hits]\nprint(hits[0] if hits else 'none')\n{F}"
+    )
+
+
+_LOCATE = f"""I will find the line that holds the magic number, and its line number.
+{F}repl
+hits = [(n, line) for n, line in enumerate(context.splitlines(), start=1) if "magic number" in line.lower()]
+print(hits[:3])
+{F}"""
+
+_BUILD = f"""The output shows it; I build the value the schema asks for.
+{F}repl
+line_no, text = hits[0]
+finding = {{"number": int(text.rsplit(" ", 1)[1]), "line": line_no}}
+FINAL_VAR(finding)
+{F}"""
+
+
+def typed_model(body: dict[str, Any]) -> str:
+    """A typed answer: locate the needle's line, then answer with a dict of the number and the
+    line number (the schema the page's types share); untyped runs search as usual."""
+    messages = body["messages"]
+    if _role(messages[0]) != "system" or "JSON Schema" not in str(messages[1]["content"]):
+        return search_model(body)
+    return _BUILD if any(_role(m) == "assistant" for m in messages) else _LOCATE
+
+
 ReplyFunction = Callable[[dict[str, Any]], str]
 
 
@@ -218,6 +269,8 @@ PAGE_MODELS: dict[str, ReplyFunction] = {
     "concepts/depth.md": depth_model,
     "guides/tools.md": tools_model,
     "guides/eval.md": eval_model,
+    "guides/typed-answers.md": typed_model,
+    "guides/sessions.md": session_model,
 }
 EXAMPLE_MODELS: dict[str, ReplyFunction] = {"tools.py": tools_model}
 
@@ -299,14 +352,17 @@ PAGE_OUTPUT: dict[str, str] = {
     "concepts/repl.md": "3 final_var",
     "guides/batch.md": "1 globex 22",
     "guides/budgets.md": "stopped: model_calls",
+    "guides/cache.md": "second run: answer 4, model calls 2, cache hits 4",
     "guides/local-models.md": "answer: 4242 | stop reason: final_answer",
     "guides/corpora.md": "answer: 4821",
     "guides/eval.md": "aggregate rlm: 100% (n=6)",
     "guides/providers.md": "64 64 cache hits: 2",
     "guides/server.md": "2718",
+    "guides/sessions.md": "2023: 1618 | 2024: 2718 | found: 2",
     "guides/testing.md": "",  # its examples are tests with their own asserts
     "guides/tools.md": "gold",
     "guides/tracing.md": "  turn\n    chat gpt-5-mini",
+    "guides/typed-answers.md": "number=4821 line=31338 | line 31338 | 4821 at 31338",
     "guides/watching.md": "answer: 12",
     "reference/trajectory-format.md": "8 finished",
 }

@@ -11,6 +11,7 @@ with code and calls sub-models from that code, recursively::
 """
 
 from ._batch import BatchItem, BatchProgress, BatchResult
+from ._cache import CacheStore, MemoryCache, SQLiteCache
 from ._chat import ChatCompletion
 from ._constants import VERSION as __version__
 from ._events import (
@@ -24,6 +25,7 @@ from ._events import (
     LimitReached,
     ModelRequest,
     ModelResponse,
+    OutputRejected,
     ProtocolSwitched,
     ReplyParsed,
     RetryScheduled,
@@ -47,17 +49,20 @@ from ._exceptions import (
     InternalServerError,
     IsolationError,
     LimitExceededError,
+    OutputValidationError,
     ProviderError,
     RateLimitError,
     REPLError,
     RLMError,
     RunError,
+    SessionClosedError,
     WorkerCrashedError,
     WorkerProtocolError,
     WorkerStartError,
 )
 from ._orchestrator import EventHandler, RecursiveLM
 from ._recorder import JSONLRecorder, SavedRun, load_events, load_runs
+from ._session import Session
 from ._types import (
     CellRecord,
     Limits,
@@ -98,6 +103,7 @@ __all__ = [
     "BatchItem",
     "BatchProgress",
     "BatchResult",
+    "CacheStore",
     "CellFinished",
     "CellRecord",
     "CellStarted",
@@ -121,11 +127,14 @@ __all__ = [
     "LimitExceededError",
     "LimitReached",
     "Limits",
+    "MemoryCache",
     "ModelRequest",
     "ModelResponse",
     "ModelRouter",
     "ModelUsage",
     "OpenAICompatibleProvider",
+    "OutputRejected",
+    "OutputValidationError",
     "ProtocolSwitched",
     "Provider",
     "ProviderError",
@@ -141,7 +150,10 @@ __all__ = [
     "RunError",
     "RunFinished",
     "RunStarted",
+    "SQLiteCache",
     "SavedRun",
+    "Session",
+    "SessionClosedError",
     "StopReason",
     "SubCallFinished",
     "SubCallRecord",

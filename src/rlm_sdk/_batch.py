@@ -32,6 +32,8 @@ class BatchItem(BaseModel):
     context: Any
     query: str | None = None
     id: str | None = None
+    output_type: Any = None
+    """This item's ``output_type``, over the batch's (see ``RecursiveLM.acomplete``)."""
 
 
 class BatchResult(BaseModel):
@@ -50,6 +52,11 @@ class BatchResult(BaseModel):
     @property
     def answer(self) -> str | None:
         return None if self.result is None else self.result.answer
+
+    @property
+    def output(self) -> Any:
+        """The typed answer, with an ``output_type``."""
+        return None if self.result is None else self.result.output
 
 
 class BatchProgress(BaseModel):

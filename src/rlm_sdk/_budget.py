@@ -76,16 +76,25 @@ class Budget:
     def record(self, model: str, response: CompletionResponse) -> float | None:
         """Count one finished call; returns its cost (reported, else from the price table)."""
         u = response.usage
-        cost = u.cost
-        if cost is None and model in self._prices:
-            per_prompt, per_completion = self._prices[model]
-            cost = (u.prompt_tokens * per_prompt + u.completion_tokens * per_completion) / 1e6
+        cost = self._cost_of(model, response)
         self._calls += 1
         self._tokens += u.prompt_tokens + u.completion_tokens
         if cost is not None:
             self._cost += cost
         self.usage.add(model, u.prompt_tokens, u.completion_tokens, cost)
         return cost
+
+    def record_hit(self, model: str, response: CompletionResponse) -> None:
+        """Count a sub-call the cache answered: in usage only, never against a limit."""
+        u = response.usage
+        self.usage.add_hit(model, u.total_tokens, self._cost_of(model, response))
+
+    def _cost_of(self, model: str, response: CompletionResponse) -> float | None:
+        u = response.usage
+        if u.cost is None and model in self._prices:
+            per_prompt, per_completion = self._prices[model]
+            return (u.prompt_tokens * per_prompt + u.completion_tokens * per_completion) / 1e6
+        return u.cost
 
     @contextlib.contextmanager
     def wall_clock(self) -> Iterator[None]:

@@ -99,8 +99,11 @@ def _text(content: Any) -> str:
     return str(content)
 
 
-def to_chat_completion(result: RLMResult, model: str) -> ChatCompletion:
-    """Wrap a run's result in the chat-completion shape."""
+def to_chat_completion(
+    result: RLMResult, model: str, *, content: str | None = None
+) -> ChatCompletion:
+    """Wrap a run's result in the chat-completion shape; ``content`` replaces the answer as
+    the message's text (a typed answer as JSON)."""
     usage = result.usage
     return ChatCompletion(
         id=f"chatcmpl-rlm-{result.run_id}",
@@ -108,7 +111,9 @@ def to_chat_completion(result: RLMResult, model: str) -> ChatCompletion:
         model=model,
         choices=[
             ChatCompletionChoice(
-                message=ChatCompletionMessage(content=result.answer),
+                message=ChatCompletionMessage(
+                    content=result.answer if content is None else content
+                ),
                 finish_reason="length"
                 if result.stop_reason in ("max_iterations", "limit")
                 else "stop",

@@ -29,6 +29,7 @@ from ._events import (
     HistoryCompacted,
     LimitReached,
     ModelResponse,
+    OutputRejected,
     ProtocolSwitched,
     ReplyParsed,
     RetryScheduled,
@@ -164,6 +165,11 @@ class ConsoleView:
                 f"{pad}[yellow]answer not taken yet, written before the output: "
                 f"{escape(_preview(event.answer))} (the model is asked to confirm it)[/]"
             )
+        elif isinstance(event, OutputRejected):
+            c.print(
+                f"{pad}[yellow]answer rejected by output_type (retries left: {event.retries_left}): "
+                f"{escape(_preview('; '.join(event.errors)))}[/]"
+            )
         elif isinstance(event, HistoryCompacted):
             what = f"turns 1-{event.turns} summarised" if event.summary else "messages cut"
             c.print(
@@ -207,8 +213,9 @@ class ConsoleView:
             )
         elif isinstance(event, SubCallFinished):
             mark = "[red]✗[/]" if event.error else "[green]✓[/]"
+            how = "cached" if event.cached else f"{event.duration_s:.2f} s"
             c.print(
-                f"{pad}  {mark} [dim]{event.duration_s:.2f} s[/] {escape(_preview(event.error or event.response))}"
+                f"{pad}  {mark} [dim]{how}[/] {escape(_preview(event.error or event.response))}"
             )
         elif isinstance(event, ChildRunStarted):
             c.print(f"{pad}  [cyan]↳ child run {event.child_run_id}[/]")

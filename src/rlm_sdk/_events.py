@@ -26,6 +26,7 @@ __all__ = [
     "LimitReached",
     "ModelRequest",
     "ModelResponse",
+    "OutputRejected",
     "ProtocolSwitched",
     "ReplyParsed",
     "RetryScheduled",
@@ -139,6 +140,22 @@ class ConfirmationAsked(EventBase):
     answer: str
 
 
+class OutputRejected(EventBase):
+    """The root's final answer did not match the run's ``output_type``: it was not taken, and
+    the model is told why (or, with no retry left, the run raises ``OutputValidationError``)."""
+
+    type: Literal["output_rejected"] = "output_rejected"
+    iteration: int
+    answer: str
+    """The answer's text (its middle cut when long)."""
+    errors: list[str]
+    """Every problem, as ``"$.field: message"``."""
+    attempt: int
+    """Answers rejected so far in this run, this one included."""
+    retries_left: int
+    """Answers the model may still give; ``0``: the run ends with the error."""
+
+
 class HistoryCompacted(EventBase):
     """A run's history neared its model's context window: older turns were summarised."""
 
@@ -198,6 +215,7 @@ class SubCallFinished(EventBase):
     completion_tokens: int = 0
     cost: float | None = None
     reasoning: str | None = None
+    cached: bool = False
 
 
 class ChildRunStarted(EventBase):
@@ -246,6 +264,7 @@ Event = Annotated[
     | ModelResponse
     | ReplyParsed
     | ConfirmationAsked
+    | OutputRejected
     | HistoryCompacted
     | ProtocolSwitched
     | CellStarted

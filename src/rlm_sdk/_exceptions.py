@@ -20,9 +20,11 @@ mistakes (fix your code or environment) are kept apart from failures during a ru
     │   ├── WorkerProtocolError     garbage, an oversized frame, or a broken channel
     │   └── WorkerCrashedError      the worker died and could not be brought back
     ├── IsolationError              a required sandbox layer cannot be applied
+    ├── SessionClosedError          a query to a session that is closed (or idle too long)
     └── RunError                    a run ended without a final answer
         ├── LimitExceededError      a budget ran out (calls, tokens, cost, wall time)
-        └── EmptyReplyError         the model sent nothing but empty replies, several in a row
+        ├── EmptyReplyError         the model sent nothing but empty replies, several in a row
+        └── OutputValidationError   the answer did not match ``output_type``, retries spent
 
 Errors carry what a user needs to act on them: the HTTP status, the request id and an
 excerpt of the body for provider errors; and any error that ended a run carries the run's
@@ -35,7 +37,7 @@ concurrency requires; its events still end with ``RunFinished`` (``stop_reason
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ._types import RLMResult
@@ -52,11 +54,13 @@ __all__ = [
     "InternalServerError",
     "IsolationError",
     "LimitExceededError",
+    "OutputValidationError",
     "ProviderError",
     "REPLError",
     "RLMError",
     "RateLimitError",
     "RunError",
+    "SessionClosedError",
     "WorkerCrashedError",
     "WorkerProtocolError",
     "WorkerStartError",
@@ -169,6 +173,10 @@ class IsolationError(RLMError):
     """``isolation="strict"`` was asked for and a sandbox layer cannot be applied on this host."""
 
 
+class SessionClosedError(RLMError):
+    """A query was sent to a session that is closed: by its owner, or after its idle timeout."""
+
+
 class RunError(RLMError):
     """A run ended without a final answer.
 
@@ -207,3 +215,53 @@ class EmptyReplyError(RunError):
     def __init__(self, message: str, *, replies: int, result: RLMResult | None = None) -> None:
         super().__init__(message, result=result)
         self.replies = replies
+
+
+class OutputValidationError(RunError):
+    """The answers did not match the run's ``output_type``, and no retry was left.
+
+    Attributes:
+        value: the last answer as it was read (a JSON value, or the text itself).
+        errors: what was wrong with it, one problem per item (``"$.total: ..."``).
+        answer: the last answer's text.
+        result: the partial result (usage, trajectory); its ``answer`` is ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        value: Any = None,
+        errors: list[str] | None = None,
+        answer: str | None = None,
+        result: RLMResult | None = None,
+    ) -> None:
+        super().__init__(message, result=result)
+        self.value = value
+        self.errors = list(errors or [])
+        self.answer = answer
+
+
+class SingleErrors:
+    """Let one error out of a task group as itself, not wrapped in an exception group.
+
+    Written to leave no reference cycle behind: raised while the group is handled, the error
+    would take the group as its context, and the group holds the error, so both tracebacks,
+    with every frame in them, would live until the cyclic collector runs. The group only
+    wrapped the error, so it is dropped, and so is every local that names either.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> Literal[False]:
+        if not isinstance(exc, BaseExceptionGroup) or len(exc.exceptions) != 1:
+            return False
+        inner: BaseException | None = exc.exceptions[0]
+        del exc, tb
+        assert inner is not None
+        try:
+            raise inner
+        finally:
+            inner.__context__ = None
+            inner = None

@@ -8,7 +8,8 @@ only the names below. Nothing here is public; it may change with any release.
 * :func:`get_logger`: the SDK's logging shim (structlog when configured, else stdlib).
 * :func:`load_settings`: the environment and ``.env``, as the SDK reads them.
 * :func:`messages_to_run` / :func:`to_chat_completion`: the chat-completion mapping the
-  drop-in uses, for ``/v1/chat/completions``.
+  drop-in uses, for ``/v1/chat/completions``; :func:`reply_format_shape` reads its
+  ``response_format`` into an ``output_type`` and :func:`output_json` writes a typed answer.
 * :func:`console_view`: the live terminal view (``rich``, from the ``cli`` extra).
 * :func:`configure_tracing`: an OpenTelemetry SDK exporting OTLP, for ``serve --otel``.
 * The defaults the front ends show or offer.
@@ -28,6 +29,7 @@ from ._constants import (
 )
 from ._exceptions import ConfigurationError
 from ._logging import get_logger
+from ._output import output_json, reply_format_shape
 from ._settings import load_settings
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ __all__ = [
     "get_logger",
     "load_settings",
     "messages_to_run",
+    "output_json",
+    "reply_format_shape",
     "to_chat_completion",
 ]
 

@@ -21,12 +21,22 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import ValidationError
 
 from ._batch import BatchItem, BatchProgress, BatchResult, iter_batch
+from ._cache import CacheStore, make_cache
 from ._chat import ChatCompletion, messages_to_run, to_chat_completion
 from ._constants import DEFAULT_COMPACT_AT
 from ._events import Event
 from ._exceptions import ConfigurationError, LimitExceededError, RLMError
 from ._frontend import console_view
-from ._run import EventSink, Handoff, RunSettings, run_tree
+from ._output import (
+    DEFAULT_OUTPUT_RETRIES,
+    OutputCheck,
+    OutputShape,
+    output_json,
+    output_shape,
+    reply_format_shape,
+)
+from ._run import Carry, EventSink, Handoff, RunSettings, run_tree
+from ._session import Session
 from ._settings import load_settings
 from ._sync import run_sync
 from ._types import Limits, RLMResult
@@ -101,6 +111,13 @@ class RecursiveLM:
             default the object starts its own on first use and closes it in :meth:`aclose`.
         on_event: called with every event of every run, in order (see the event types).
         verbose: render each run live in the terminal (needs the ``cli`` extra: ``rich``).
+        output_retries: with an ``output_type``, how many answers that do not match it the
+            model may replace (each one is sent back with the reasons) before the run raises
+            :class:`OutputValidationError`.
+        cache: answer repeated plain sub-calls (``llm_query``, ``llm_query_batched``) from a
+            store: ``True`` for a :class:`MemoryCache` of this object's own, or a store
+            (:class:`MemoryCache`, :class:`SQLiteCache`, any :class:`CacheStore`) that may
+            be shared. Root and child turns are never cached. ``None`` (the default): off.
 
     Raises:
         ConfigurationError: no model, or an invalid option.
@@ -129,6 +146,8 @@ class RecursiveLM:
         forkserver: ForkServer | None = None,
         on_event: EventHandler | None = None,
         verbose: bool = False,
+        output_retries: int = DEFAULT_OUTPUT_RETRIES,
+        cache: bool | CacheStore | None = None,
     ) -> None:
         settings = load_settings()
         model = model or settings.model
@@ -138,6 +157,12 @@ class RecursiveLM:
             )
         if on_limit not in ("raise", "return"):
             raise ConfigurationError(f"on_limit must be 'raise' or 'return', not {on_limit!r}")
+        if (
+            isinstance(output_retries, bool)
+            or not isinstance(output_retries, int)
+            or output_retries < 0
+        ):
+            raise ConfigurationError(f"output_retries must be 0 or more, not {output_retries!r}")
         if max_workers is not None and max_workers < 1:
             raise ConfigurationError("max_workers must be at least 1")
         if protocol not in ("fenced", "tools", "auto"):
@@ -172,6 +197,8 @@ class RecursiveLM:
         self.prices = dict(prices or {})
         self.on_event = on_event
         self.verbose = verbose
+        self.output_retries = output_retries
+        self._cache = make_cache(cache)
         self._router = ModelRouter() if provider is None else None
         self._provider: Provider = provider or self._router  # type: ignore[assignment]
         self._owns_forkserver = forkserver is None
@@ -225,22 +252,33 @@ class RecursiveLM:
         query: str | None = None,
         *,
         on_event: EventHandler | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
         """Answer ``query`` over ``context`` and return the result.
 
         ``context`` is a ``str``, ``bytes``, a ``list`` of strings or JSON values, or a JSON
         ``dict``. Without ``query``, the context itself states the task.
 
+        ``output_type`` (a pydantic model, a ``TypedDict``, another type pydantic validates,
+        or a JSON Schema ``dict``) is shown to the model, and the answer must match it:
+        ``result.output`` is then the typed value, and ``result.answer`` the raw text. An
+        answer that does not match goes back to the model with the reasons, up to
+        ``output_retries`` times.
+
         Raises:
             LimitExceededError: a budget ran out (with ``on_limit="raise"``); ``.result``
                 holds the partial answer, usage and trajectory.
+            OutputValidationError: no answer matched ``output_type``; it carries the last
+                value and its problems.
             ProviderError: the root model could not be reached after retries; ``.result``
                 holds what the run had done.
             REPLError, IsolationError: the REPL worker failed or cannot be sandboxed.
+            ConfigurationError: ``output_type`` cannot be validated (raised at once).
         """
         handoff = Handoff(context)
         del context  # the run's REPL holds it, and lets it go once the worker has it
-        return await self._top_level(handoff, query, on_event=on_event)
+        shape = _shape(output_type)
+        return await self._top_level(handoff, query, on_event=on_event, output=shape)
 
     def complete(
         self,
@@ -248,26 +286,34 @@ class RecursiveLM:
         query: str | None = None,
         *,
         on_event: EventHandler | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
         """Sync twin of :meth:`acomplete` (refuses to run inside an event loop)."""
         handoff = Handoff(context)
         del context  # this frame sits above the event loop: it must not keep the context
-        return self._sync(lambda: self._top_level(handoff, query, on_event=on_event), "complete")
+        shape = _shape(output_type)
+        return self._sync(
+            lambda: self._top_level(handoff, query, on_event=on_event, output=shape), "complete"
+        )
 
-    async def astream(self, context: ContextData, query: str | None = None) -> AsyncIterator[Event]:
+    async def astream(
+        self, context: ContextData, query: str | None = None, *, output_type: Any = None
+    ) -> AsyncIterator[Event]:
         """Yield every event of a run as it happens; the last one is ``RunFinished``.
 
         A run that fails raises its error from the iterator after the events so far.
+        ``output_type`` is as in :meth:`acomplete`.
         """
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         failure: list[BaseException] = []
         handoff = Handoff(context)
         del context
+        shape = _shape(output_type)
 
         async def produce(stream: MemoryObjectSendStream[Event]) -> None:
             async with stream:
                 try:
-                    await self._top_level(handoff, query, on_event=stream.send_nowait)
+                    await self._top_level(handoff, query, on_event=stream.send_nowait, output=shape)
                 except RLMError as err:
                     failure.append(err)
 
@@ -285,15 +331,22 @@ class RecursiveLM:
         concurrency: int = 8,
         on_progress: Callable[[BatchProgress], None] | None = None,
         on_event: EventHandler | None = None,
+        output_type: Any = None,
     ) -> list[BatchResult]:
         """Run many items concurrently; results in input order, failures caught per item.
 
         ``items`` are :class:`BatchItem`, ``(context, query)`` tuples, or dicts with
         ``context`` and ``query``. Events carry the item's index in ``item``.
+        ``output_type`` (as in :meth:`acomplete`) applies to every item but those whose
+        :class:`BatchItem` names their own.
         """
         results: list[BatchResult] = []
         async for outcome in self.abatch_iter(
-            items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
+            items,
+            concurrency=concurrency,
+            on_progress=on_progress,
+            on_event=on_event,
+            output_type=output_type,
         ):
             results.append(outcome)
         return sorted(results, key=lambda r: r.index)
@@ -305,11 +358,16 @@ class RecursiveLM:
         concurrency: int = 8,
         on_progress: Callable[[BatchProgress], None] | None = None,
         on_event: EventHandler | None = None,
+        output_type: Any = None,
     ) -> list[BatchResult]:
         """Sync twin of :meth:`abatch`."""
         return self._sync(
             lambda: self.abatch(
-                items, concurrency=concurrency, on_progress=on_progress, on_event=on_event
+                items,
+                concurrency=concurrency,
+                on_progress=on_progress,
+                on_event=on_event,
+                output_type=output_type,
             ),
             "batch",
         )
@@ -321,18 +379,30 @@ class RecursiveLM:
         concurrency: int = 8,
         on_progress: Callable[[BatchProgress], None] | None = None,
         on_event: EventHandler | None = None,
+        output_type: Any = None,
     ) -> AsyncIterator[BatchResult]:
         """Like :meth:`abatch`, yielding each result as it finishes (``as_completed`` order).
 
         Close it if you stop early: ``async with contextlib.aclosing(rlm.abatch_iter(...))``.
         """
+        shared = _shape(output_type)  # compiled once for the batch; a bad one raises now
 
         async def run_one(item: BatchItem, index: int) -> RLMResult:
+            shape = shared if item.output_type is None else _shape(item.output_type)
             return await self._top_level(
-                Handoff(item.context), item.query, on_event=on_event, item=index
+                Handoff(item.context), item.query, on_event=on_event, item=index, output=shape
             )
 
         return iter_batch(run_one, items, concurrency=concurrency, on_progress=on_progress)
+
+    def session(self, *, idle_timeout: float | None = None) -> Session:
+        """A conversation: one REPL worker kept between queries, and the turns remembered.
+
+        ``async with rlm.session() as s:`` (or ``with`` for the sync twin, ``s.complete``);
+        ``await s.acomplete(context, query)``, then ``await s.acomplete(follow_up)``. A
+        session idle for ``idle_timeout`` seconds closes itself and reaps its worker.
+        """
+        return Session(self, idle_timeout=idle_timeout)
 
     # --- the way in to every run -------------------------------------------------------
 
@@ -344,6 +414,8 @@ class RecursiveLM:
         on_event: EventHandler | None,
         item: int | None = None,
         model: str | None = None,
+        carry: Carry | None = None,
+        output: OutputShape | None = None,
     ) -> RLMResult:
         sinks: list[EventSink] = [s for s in (self.on_event, on_event) if s]
         if self.verbose:
@@ -354,7 +426,14 @@ class RecursiveLM:
         async with self._worker_slot():
             try:
                 return await run_tree(
-                    self._run_settings(), context, query, sinks=sinks, item=item, model=model
+                    self._run_settings(),
+                    context,
+                    query,
+                    sinks=sinks,
+                    item=item,
+                    model=model,
+                    carry=carry,
+                    output=None if output is None else OutputCheck(output, self.output_retries),
                 )
             except LimitExceededError as exhausted:
                 if self.on_limit == "return" and exhausted.result is not None:
@@ -378,6 +457,7 @@ class RecursiveLM:
             context_windows=dict(self.context_windows),
             compact_at=self.compact_at,
             protocol=self.protocol,
+            cache=self._cache,
         )
 
     @contextlib.asynccontextmanager
@@ -405,18 +485,26 @@ class Completions:
         messages: Iterable[Mapping[str, Any]],
         model: str | None = None,
         context: ContextData | None = None,
+        response_format: Any = None,
         **_ignored: Any,
     ) -> ChatCompletion:
         """Run the RLM on a chat request; extra OpenAI parameters are accepted and ignored.
 
         The last ``user`` message is the query, the messages before it the context (unless
         ``context`` is given); ``model`` replaces the root model for this call.
+        ``response_format`` is OpenAI's (``{"type": "json_schema", "json_schema": {"name":
+        ..., "schema": {...}}}``, ``{"type": "json_object"}``) or an ``output_type``: the
+        answer must match it, and the message's content is the typed answer as JSON.
         """
+        shape = reply_format_shape(response_format)
         derived_context, query = messages_to_run(messages)
         handoff = Handoff(derived_context if context is None else context)
         del derived_context, context
-        result = await self._rlm._top_level(handoff, query, on_event=None, model=model)
-        return to_chat_completion(result, model or self._rlm.model)
+        result = await self._rlm._top_level(
+            handoff, query, on_event=None, model=model, output=shape
+        )
+        content = None if shape is None or result.answer is None else output_json(result.output)
+        return to_chat_completion(result, model or self._rlm.model, content=content)
 
     def create_sync(
         self,
@@ -424,11 +512,18 @@ class Completions:
         messages: Iterable[Mapping[str, Any]],
         model: str | None = None,
         context: ContextData | None = None,
+        response_format: Any = None,
         **ignored: Any,
     ) -> ChatCompletion:
         """Sync twin of :meth:`create`."""
         return self._rlm._sync(
-            lambda: self.create(messages=messages, model=model, context=context, **ignored),
+            lambda: self.create(
+                messages=messages,
+                model=model,
+                context=context,
+                response_format=response_format,
+                **ignored,
+            ),
             "create_sync",
             "create",
         )
@@ -439,6 +534,11 @@ class Chat:
 
     def __init__(self, rlm: RecursiveLM) -> None:
         self.completions = Completions(rlm)
+
+
+def _shape(output_type: Any) -> OutputShape | None:
+    """``output_type`` compiled (``None``: the answer is plain text)."""
+    return None if output_type is None else output_shape(output_type)
 
 
 def _validated(base: Any, **overrides: Any) -> Any:

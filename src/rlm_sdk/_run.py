@@ -31,6 +31,8 @@ import anyio.lowlevel
 from . import _protocol as proto
 from . import _window as window
 from ._budget import Budget
+from ._cache import SubCallCache, through_cache
+from ._cells import cell_view, error_text
 from ._compaction import HistoryWindow, sub_call_chars
 from ._constants import DEFAULT_COMPACT_AT, MAX_EMPTY_REPLIES
 from ._conversation import Conversation, Dialect
@@ -61,9 +63,11 @@ from ._exceptions import (
     EmptyReplyError,
     LimitExceededError,
     RLMError,
+    SingleErrors,
 )
 from ._logging import get_logger
 from ._observe import current_observer
+from ._output import OutputCheck
 from ._trajectory import TrajectoryBuilder
 from ._types import Limits, RLMResult, StopReason
 from .providers import (
@@ -76,7 +80,7 @@ from .providers import (
 )
 from .repl import CellResult, ContextData, ForkServer, REPLOptions, REPLSession, SubCallRequest
 
-__all__ = ["Handoff", "RunSettings", "run_tree"]
+__all__ = ["Carry", "Handoff", "RunSettings", "run_tree"]
 
 EventSink = Callable[[Event], None]
 
@@ -132,6 +136,8 @@ class RunSettings:
     """Compact a run's history when it passes this fraction of the model's window."""
     protocol: Literal["fenced", "tools", "auto"] = "fenced"
     """How the model runs code: fenced blocks, the REPL as a tool, or tools where supported."""
+    cache: SubCallCache | None = None
+    """Where plain sub-calls are looked up and stored (``RecursiveLM(cache=...)``)."""
 
 
 @dataclass
@@ -201,6 +207,20 @@ class _LazyREPL:
         self.wanted.set()  # a holder still waiting to open wakes up, and does not
 
 
+@dataclass
+class Carry:
+    """What a session's query brings to its root run (see ``_session.py``): the session's
+    REPL in place of a fresh one, the conversation so far (after the system prompt), what the
+    prompts say; ``messages`` and ``handler`` are the run's, set when it starts."""
+
+    repl: _LazyREPL
+    history: list[ChatMessage]
+    description: str
+    prompt: str
+    messages: list[ChatMessage] = field(default_factory=list)
+    handler: Callable[[SubCallRequest], Any] | None = None
+
+
 class _Run:
     """One run (the root or a child) of a tree; it observes its own model calls."""
 
@@ -213,6 +233,8 @@ class _Run:
         self.repl = _LazyREPL()
         self.subcalls = anyio.CapacityLimiter(tree.settings.limits.max_concurrent_subcalls)
         self.result: RLMResult | None = None
+        self.output: OutputCheck | None = None
+        """The root's check of its answers against ``output_type`` (``_output.py``)."""
         self.log = get_logger(run_id=self.run_id, depth=depth)
 
     def emit(self, cls: type[EventBase], **fields: Any) -> None:
@@ -271,8 +293,11 @@ async def run_tree(
     sinks: Sequence[EventSink],
     item: int | None,
     model: str | None = None,
+    carry: Carry | None = None,
+    output: OutputCheck | None = None,
 ) -> RLMResult:
-    """Run a top-level run (``model`` overrides the settings' root model) and its tree.
+    """Run a top-level run (``model`` overrides the settings' root model) and its tree;
+    ``output`` checks the root's answers (a failed check raises ``OutputValidationError``).
 
     Raises:
         LimitExceededError: a budget ran out; ``.result`` is the partial result.
@@ -280,19 +305,25 @@ async def run_tree(
     """
     tree = _Tree(settings, Budget(settings.limits, settings.prices), sinks, item)
     root = _Run(tree, depth=0, parent=None, model=model or settings.model)
+    root.output = output
+    if carry is not None:  # a session's query: its REPL stays open, and routes here
+        root.repl = carry.repl
+        carry.handler = lambda request: _sub_calls(root, request)
     try:
         with tree.budget.wall_clock():
-            return await _run(root, context, query)
+            return await _run(root, context, query, carry)
     except LimitExceededError as err:
         err.result = root.result
         raise
 
 
-async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
+async def _run(
+    run: _Run, context: Handoff, query: str | None, carry: Carry | None = None
+) -> RLMResult:
     """One run, from ``RunStarted`` to ``RunFinished`` (emitted however it ends)."""
     started = time.perf_counter()
     tree = run.tree
-    description = proto.describe_context(context.peek())
+    description = proto.describe_context(context.peek()) if carry is None else carry.description
     protocol = _dialect(run)
     prompts = {
         dialect: proto.build_system_prompt(
@@ -309,8 +340,16 @@ async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
     }
     messages = [
         ChatMessage(role="system", content=prompts[protocol]),
-        ChatMessage(role="user", content=proto.build_user_prompt(query)),
+        *(() if carry is None else carry.history),
+        ChatMessage(
+            role="user", content=proto.build_user_prompt(query) if carry is None else carry.prompt
+        ),
     ]
+    if run.output is not None:  # the answer's schema goes with the query
+        told = messages[-1].content + run.output.instructions(protocol)
+        messages[-1] = ChatMessage(role="user", content=told)
+    if carry is not None:
+        carry.messages = messages
     run.emit(
         RunStarted,
         model=run.model,
@@ -335,7 +374,7 @@ async def _run(run: _Run, context: Handoff, query: str | None) -> RLMResult:
         )
 
     try:
-        with _SingleErrors():
+        with SingleErrors():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run.repl.hold, open_session)
                 try:
@@ -407,6 +446,7 @@ def _finish(
         trajectory=trajectory,
         isolation=run.repl.isolation,
         error=error,
+        output=None if run.output is None or answer is None else run.output.value,
     )
     run.result = result
     run.emit(RunFinished, result=result)
@@ -439,7 +479,7 @@ async def _turns(
         settings.context_windows,
         settings.compact_at,
         settings.max_tokens,
-        messages[1].content,
+        messages[-1].content,  # the query (a session's follow-up comes after earlier turns)
     )
     state = Conversation(
         run.model, window, protocol, fenced_prompt, run.tree.tools_refused, ask, archive, run.emit
@@ -494,12 +534,14 @@ async def _text_turn(
         return answer, reason, [], ""
     feedback = (
         proto.format_cell_feedback(
-            [_cell_view(c) for c in cells],
+            [cell_view(c) for c in cells],
             [*problems, *notes],
             limit=run.tree.settings.repl.output_limit,
         )
         if cells
-        else proto.no_code_reminder([*problems, *notes], empty=parsed.empty)
+        else proto.no_code_reminder(
+            [*problems, *notes], empty=parsed.empty, answered=parsed.final is not None
+        )
     )
     said = [
         ChatMessage(role="assistant", content=parsed.history or "(empty reply)"),
@@ -531,21 +573,25 @@ async def _tool_turn(
     results: dict[str, str] = {}
     cells: list[CellResult] = []
     code_answer: str | None = None
+    last_code = ""
     limit = run.tree.settings.repl.output_limit
     for action in actions:
         if action.error is not None:
             results[action.call.id] = f"Error: {action.error}"
         elif action.code is not None and code_answer is None:
+            last_code = action.call.id
             ran, code_answer = await _run_cells(run, state, iteration, [action.code], len(cells))
             cells.extend(ran)
             results[action.call.id] = proto.format_cell_feedback(
-                [_cell_view(c) for c in ran], [], limit=limit
+                [cell_view(c) for c in ran], [], limit=limit
             )
     answer, reason, notes = await _settle(
         run, state, iteration, None if final is None else final.final, cells, code_answer
     )
     if answer is not None:
         return answer, reason, [], ""
+    if notes and final is None:  # the answer its code gave was rejected (``_vet``)
+        results[last_code] += "\n\n" + "\n".join(notes)
     for action in actions:
         if action is final:
             results[action.call.id] = " ".join(notes) or "Not taken."
@@ -575,7 +621,8 @@ async def _settle(
     failing; otherwise the model is asked once to confirm it, after seeing the output.
     """
     if code_answer is not None:
-        return code_answer, "final_var", []
+        rejected = await _vet(run, state, iteration, code_answer, cells[-1].final_json)
+        return None if rejected else code_answer, "final_var", rejected
     if final is None:
         return None, "final_answer", []
     answer, name = await _resolve(run, state, final)
@@ -584,6 +631,8 @@ async def _settle(
         variables = await repl.list_variables()
         return None, "final_var", [proto.unknown_variable_feedback(final.value, variables)]
     reason: StopReason = "final_answer" if name is None else "final_var"
+    if rejected := await _vet(run, state, iteration, answer, name=name):
+        return None, reason, rejected
     if cells and answer != state.unconfirmed:
         bound = {n for cell in cells for n in cell.defined_names}
         failed = any(cell.error is not None or cell.restarted for cell in cells)
@@ -592,6 +641,25 @@ async def _settle(
             run.emit(ConfirmationAsked, iteration=iteration, answer=answer)
             return None, reason, [proto.confirm_final_prompt(final)]
     return answer, reason, []
+
+
+async def _vet(
+    run: _Run,
+    state: Conversation,
+    iteration: int,
+    answer: str,
+    value_json: str | None = None,
+    *,
+    name: str | None = None,
+    last: bool = False,
+) -> list[str]:
+    """``[]`` when the answer may stand (no ``output_type``, or it matches); else what the
+    model is told (see ``OutputCheck.review``, which raises when no retry is left)."""
+    if run.output is None:
+        return []
+    if value_json is None and name is not None:
+        value_json = await (await run.repl.get()).get_variable_json(name)
+    return run.output.review(answer, value_json, iteration, run.emit, state.protocol, last=last)
 
 
 async def _resolve(
@@ -632,7 +700,7 @@ async def _run_cells(
             stdout=result.stdout,
             stderr=result.stderr,
             error_type=None if error is None else error.type,
-            error=None if error is None else _error_text(error),
+            error=None if error is None else error_text(error),
             duration_s=result.duration_s,
             restarted=result.restarted,
             timed_out=result.timed_out,
@@ -640,7 +708,7 @@ async def _run_cells(
             notice=result.notice,
         )
         if result.restarted:
-            reason = "the worker was restarted" if error is None else _error_text(error)
+            reason = "the worker was restarted" if error is None else error_text(error)
             run.emit(WorkerRestarted, reason=reason)
             state.defined.clear()
         state.defined.update(result.defined_names)
@@ -655,15 +723,20 @@ async def _final_call(run: _Run, messages: list[ChatMessage], state: Conversatio
     run.tree.budget.charge_call()
     run.emit(TurnStarted, iteration=iteration)
     prompt = proto.final_call_prompt(state.protocol)
+    if run.output is not None:
+        prompt += run.output.final_note()
     final_messages = [*messages, ChatMessage(role="user", content=prompt)]
     response = await state.send(final_messages, iteration, "final")
     called = [a.final for a in proto.read_tool_calls(response.tool_calls) if a.final is not None]
     final = called[0] if called else proto.parse_reply(response.text).final
     answer: str | None
+    name: str | None = None
     if final is not None:
-        answer, _ = await _resolve(run, state, final)
+        answer, name = await _resolve(run, state, final)
     else:
         answer = response.text.strip() or None
+    if answer is not None:  # no turn is left to fix an answer that does not match
+        await _vet(run, state, iteration, answer, name=name, last=True)
     run.emit(TurnFinished, iteration=iteration, final_answer=answer)
     return answer
 
@@ -771,12 +844,13 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
             if size is not None and tokens > size - window.reply_reserve(size, settings.max_tokens):
                 raise _Oversize(window.oversize_error(model, tokens, size))
             try:
-                reply = await _ask(
-                    run,
+                messages = [ChatMessage(role="user", content=prompt)]
+                reply, cached = await through_cache(
+                    settings,
+                    run.tree.budget,
                     model,
-                    [ChatMessage(role="user", content=prompt)],
-                    "sub_call",
-                    call_id=call_id,
+                    messages,
+                    lambda: _ask(run, model, messages, "sub_call", call_id=call_id),
                 )
             except APIStatusError as err:
                 if not window.is_context_length_error(err):
@@ -788,6 +862,7 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
                 "completion_tokens": reply.usage.completion_tokens,
                 "cost": reply.usage.cost,
                 "reasoning": reply.reasoning,
+                "cached": cached,
             }
     except (LimitExceededError, _Oversize) as err:
         error = str(err)
@@ -815,49 +890,3 @@ async def _sub_call(run: _Run, kind: Literal["llm", "rlm"], prompt: str, model: 
 
 class _Oversize(Exception):
     """A sub-call prompt that cannot fit its model's window (the text is the model's message)."""
-
-
-class _SingleErrors:
-    """Let one error out of a task group as itself, not wrapped in an exception group.
-
-    Written to leave no reference cycle behind: raised while the group is handled, the error
-    would take the group as its context, and the group holds the error, so both tracebacks,
-    with every frame in them, would live until the cyclic collector runs. The group only
-    wrapped the error, so it is dropped, and so is every local that names either.
-    """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> Literal[False]:
-        if not isinstance(exc, BaseExceptionGroup) or len(exc.exceptions) != 1:
-            return False
-        inner: BaseException | None = exc.exceptions[0]
-        del exc, tb
-        assert inner is not None
-        try:
-            raise inner
-        finally:
-            inner.__context__ = None
-            inner = None
-
-
-def _error_text(error: Any) -> str:
-    text = f"{error.type}: {error.message}"
-    if error.traceback:
-        text = (
-            f"{error.traceback.rstrip()}\n{text}"
-            if error.type not in error.traceback
-            else error.traceback
-        )
-    return text
-
-
-def _cell_view(cell: CellResult) -> dict[str, Any]:
-    return {
-        "notice": cell.notice,
-        "stdout": cell.stdout,
-        "stderr": cell.stderr,
-        "error": None if cell.error is None else _error_text(cell.error),
-        "restarted": cell.restarted,
-    }

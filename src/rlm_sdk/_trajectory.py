@@ -26,6 +26,7 @@ from ._events import (
     EventBase,
     HistoryCompacted,
     ModelResponse,
+    OutputRejected,
     ReplyParsed,
     RunFinished,
     RunStarted,
@@ -73,6 +74,9 @@ class TrajectoryBuilder:
         elif isinstance(event, ConfirmationAsked):
             if t.turns:
                 t.turns[-1].unconfirmed_answer = event.answer
+        elif isinstance(event, OutputRejected):
+            if t.turns:
+                t.turns[-1].output_errors = list(event.errors)
         elif isinstance(event, HistoryCompacted):
             if t.turns:
                 t.turns[-1].compaction = event.summary or "(the history was cut to fit)"

@@ -7,7 +7,7 @@ back (``RLMResult.model_validate_json``).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,6 +71,12 @@ class ModelUsage(BaseModel):
     """Completion tokens, as the provider reported them."""
     cost: float | None = None
     """USD, when the provider reported a cost or a price table gave one."""
+    cache_hits: int = 0
+    """Sub-calls answered by the cache (``RecursiveLM(cache=...)``): no call, no tokens, no cost."""
+    tokens_saved: int = 0
+    """Prompt plus completion tokens the cached replies took when they were first made."""
+    cost_saved: float | None = None
+    """USD the cached replies cost when they were first made, when known."""
 
     @property
     def total_tokens(self) -> int:
@@ -109,6 +115,27 @@ class Usage(BaseModel):
         """Total cost in USD; ``None`` when no model reported one."""
         known = [m.cost for m in self.models.values() if m.cost is not None]
         return math.fsum(known) if known else None
+
+    @property
+    def cache_hits(self) -> int:
+        """Sub-calls the cache answered, over every model."""
+        return sum(m.cache_hits for m in self.models.values())
+
+    @property
+    def cost_saved(self) -> float | None:
+        """USD the cache saved; ``None`` when no cached reply had a known cost."""
+        known = [m.cost_saved for m in self.models.values() if m.cost_saved is not None]
+        return math.fsum(known) if known else None
+
+    def add_hit(self, model: str, tokens: int, cost: float | None) -> None:
+        """Count one sub-call of ``model`` the cache answered (``tokens`` and ``cost`` saved)."""
+        entry = self.models.get(model)
+        if entry is None:
+            entry = self.models[model] = ModelUsage()
+        entry.cache_hits += 1
+        entry.tokens_saved += tokens
+        if cost is not None:
+            entry.cost_saved = (entry.cost_saved or 0.0) + cost
 
     def add(
         self, model: str, prompt_tokens: int, completion_tokens: int, cost: float | None
@@ -152,6 +179,8 @@ class SubCallRecord(BaseModel):
     cost: float | None = None
     reasoning: str | None = None
     """The sub-model's reasoning, kept out of the answer the code got."""
+    cached: bool = False
+    """Answered by the cache, with no model call (its tokens and cost are then zero)."""
     child: Trajectory | None = None
 
 
@@ -199,6 +228,8 @@ class TurnRecord(BaseModel):
     cells: list[CellRecord] = Field(default_factory=list)
     unconfirmed_answer: str | None = None
     """A final answer given with code in the same reply, that the model was asked to confirm."""
+    output_errors: list[str] = Field(default_factory=list)
+    """Why this turn's final answer did not match ``output_type`` (it was then not taken)."""
     feedback: str | None = None
     final_answer: str | None = None
 
@@ -236,6 +267,9 @@ class RLMResult(BaseModel):
     """The sandbox layers the root run's REPL worker had applied."""
     error: str | None = None
     """What stopped the run, when a budget or a failure did."""
+    output: Any = None
+    """The answer as ``output_type`` (a model instance, a dict, ...), validated; ``None``
+    without an ``output_type`` or an answer. Loaded back from JSON, it is the plain JSON value."""
 
     @property
     def run_id(self) -> str:

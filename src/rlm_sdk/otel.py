@@ -561,7 +561,7 @@ class OTelTracer:
         if event.error is not None:
             self._fail(span, _error_type(event.error), event.error)
         else:
-            attributes: Attributes = {}
+            attributes: Attributes = {"rlm.cached": True} if event.cached else {}
             self._content(attributes, "rlm.response", event.response)
             span.set_attributes(attributes)
         span.end(end)

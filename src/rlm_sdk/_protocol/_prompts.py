@@ -21,6 +21,9 @@ __all__ = [
     "final_call_prompt",
     "format_cell_feedback",
     "no_code_reminder",
+    "output_final_note",
+    "output_format_prompt",
+    "output_rejected_feedback",
     "truncate_middle",
     "unknown_variable_feedback",
 ]
@@ -176,9 +179,17 @@ def build_user_prompt(query: str | None) -> str:
     )
 
 
-def no_code_reminder(problems: Sequence[str] = (), *, empty: bool = False) -> str:
-    """What the model is told after a reply with neither code to run nor a final answer."""
+def no_code_reminder(
+    problems: Sequence[str] = (), *, empty: bool = False, answered: bool = False
+) -> str:
+    """What the model is told after a reply with neither code to run nor a final answer
+    (``answered``: its final answer was not taken, and ``problems`` say why)."""
     head = " ".join(problems)
+    if answered:
+        return (head + " " if head else "") + (
+            "Continue working in the REPL, or answer again with FINAL(...) or FINAL_VAR(name) "
+            "on a line of its own."
+        )
     if empty:
         return (head + " " if head else "") + (
             "Write Python in a ```repl block to continue, or answer with FINAL(...) or "
@@ -233,6 +244,51 @@ def final_call_prompt(protocol: Literal["fenced", "tools"] = "fenced") -> str:
     return (
         "You have used every turn you had. Do not write more code. Give your best final answer "
         f"now, from what you have found, {how}."
+    )
+
+
+# --- typed answers (output_type) --------------------------------------------------------
+
+_MAX_LISTED_PROBLEMS = 20
+
+
+def output_format_prompt(name: str, schema: str, protocol: Literal["fenced", "tools"]) -> str:
+    """What follows the query when the answer must match a JSON Schema (``schema``, as text).
+
+    It goes with the query, not the system prompt, so runs with and without a type share
+    one system prompt (and a provider's prompt cache).
+    """
+    how = (
+        'call final_answer with {"variable": "name"}'
+        if protocol == "tools"
+        else "answer with FINAL_VAR(name)"
+    )
+    return (
+        f"\n\nYour final answer must be a JSON value matching this JSON Schema ({name}):\n"
+        f"```json\n{schema}\n```\n"
+        f"Build it in the REPL as a Python value (a dict, a list, a number, ...) and {how}; "
+        "JSON text as the answer works too. An answer that does not match is sent back to "
+        "you with the reasons."
+    )
+
+
+def output_final_note(name: str) -> str:
+    """Added to the last call's prompt when the answer must match a JSON Schema."""
+    return f" It must be JSON matching the JSON Schema given with the query ({name})."
+
+
+def output_rejected_feedback(
+    problems: Sequence[str], tries_left: int, protocol: Literal["fenced", "tools"] = "fenced"
+) -> str:
+    """A final answer did not match the schema: every reason, and how many tries are left."""
+    listed = "\n".join(f"- {p}" for p in problems[:_MAX_LISTED_PROBLEMS])
+    if len(problems) > _MAX_LISTED_PROBLEMS:
+        listed += f"\n- ... and {len(problems) - _MAX_LISTED_PROBLEMS} more"
+    how = "call final_answer again" if protocol == "tools" else "answer again with FINAL_VAR(name)"
+    tries = "1 more try" if tries_left == 1 else f"{tries_left} more tries"
+    return (
+        "Your final answer was not taken: it does not match the required JSON Schema.\n"
+        f"{listed}\nFix the value in the REPL and {how} ({tries})."
     )
 
 

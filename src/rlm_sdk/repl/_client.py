@@ -190,6 +190,8 @@ class REPLSession:
         self._forkserver = forkserver
         self._handler = handler
         self._context = SessionContext(context)
+        self._added: list[dict[str, Any]] = []
+        """Contexts added to the live session (name, file, layout), loaded again on a restart."""
         self._layers: list[str] = []
         """The layers of the last worker that got ready before the current one."""
         self.restarts = 0
@@ -330,6 +332,16 @@ class REPLSession:
         frame = outcome.frame
         return frame.text if isinstance(frame, VarFrame) and frame.found else None
 
+    async def get_variable_json(self, name: str) -> str | None:
+        """The variable's value as JSON text; None if there is no such variable, if it is a
+        ``str`` (its text is its value), or if JSON cannot hold it. For typed answers."""
+        async with self._exclusive():
+            await self._revive()
+            message = {"type": "get_var", "name": name, "json": True}
+            outcome = await self._roundtrip(message, VarFrame, self._options.cell_timeout)
+        frame = outcome.frame
+        return frame.value_json if isinstance(frame, VarFrame) and frame.found else None
+
     async def list_variables(self) -> dict[str, str]:
         """User variable names (not modules, not names starting with ``_``) to type names."""
         async with self._exclusive():
@@ -338,6 +350,54 @@ class REPLSession:
             outcome = await self._roundtrip(message, VarsFrame, self._options.cell_timeout)
         frame = outcome.frame
         return dict(frame.variables) if isinstance(frame, VarsFrame) else {}
+
+    async def add_context(self, name: str, value: ContextData) -> None:
+        """Bind one more context in the live worker as ``name`` (kept like ``context``).
+
+        The value is written, on a thread, into a file of the session's private directory
+        (a running worker cannot be handed a new memfd) and the worker maps it; a restarted
+        worker loads it again. Variables are kept. Files on disk (a corpus) cannot be added:
+        the sandbox's readable paths are fixed when the worker starts.
+
+        Raises:
+            ConfigurationError: ``name`` is taken or not a public identifier, or ``value`` is
+                not text, bytes, a list or a JSON object.
+            REPLError: the worker could not load it (the message says why, e.g. memory).
+        """
+        taken = {*_wire.RESERVED_NAMES, _wire.ANSWER_NAME, *self._tools}
+        taken.update(entry["name"] for entry in self._added)
+        if not name.isidentifier() or name.startswith("_") or name in taken:
+            raise ConfigurationError(f"{name!r} cannot name a new context in this REPL")
+        if is_paths(value) or not isinstance(value, str | bytes | bytearray | list | dict):
+            raise ConfigurationError(
+                f"a context added to a live REPL must be str, bytes, list or dict, "
+                f"not {type(value).__name__}"
+            )
+        async with self._exclusive():
+            await self._revive()
+            assert self._workdir is not None
+            path = os.path.join(self._workdir, f".rlm-{name}-{os.urandom(4).hex()}")
+            try:
+                descriptor = await anyio.to_thread.run_sync(_write_file, path, value)
+                del value
+                entry = {"name": name, "path": path, "context": descriptor}
+                message = {"type": "add_context", **entry}
+                outcome = await self._roundtrip(message, ResultFrame, self._options.start_timeout)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
+        frame = outcome.frame
+        if isinstance(frame, ResultFrame) and frame.error is None:
+            self._added.append(entry)
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if isinstance(frame, ResultFrame) and frame.error is not None:
+            why = f"{frame.error.type}: {frame.error.message}"
+        else:
+            why = f"the worker stopped ({outcome.lost or 'timed out'}) and was restarted"
+        raise REPLError(f"the REPL could not load {name}: {why}")
 
     # -- internals: state ---------------------------------------------------------------------
 
@@ -501,6 +561,7 @@ class REPLSession:
             "env": self._worker_env(),  # a forked worker takes them from here, not the server
             "cwd": self._workdir,
             "context": descriptor,
+            "contexts": list(self._added),
             "output_limit": self._options.output_limit,
             "sandbox": self._sandbox_policy(memory),
             "tools": {name: inspect.getdoc(tool) or "" for name, tool in self._tools.items()},
@@ -640,6 +701,19 @@ class REPLSession:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _write_file(path: str, value: object) -> dict[str, Any]:
+    """Write a context added to a live session into a new private file; its layout."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return _wire.write_context(fd, value)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
 def _check_positive(name: str, value: float) -> None:
     if not value > 0 or math.isnan(value):
         raise ConfigurationError(f"{name} must be a positive number of seconds")
@@ -710,6 +784,7 @@ def _cell_result(
         duration_s=duration,
         defined_names=frame.defined_names,
         final_answer=frame.final_answer,
+        final_json=frame.final_json,
         restarted=notice is not None,
         timed_out=outcome.timed_out,
         output_truncated=frame.stdout_cut + frame.stderr_cut,

@@ -129,6 +129,8 @@ class CellResult(BaseModel):
     """User names (re)bound by this cell."""
     final_answer: str | None = None
     """Set when the cell called ``FINAL_VAR(...)`` or set ``answer["ready"] = True``."""
+    final_json: str | None = None
+    """The final answer's value as JSON, when it was a value JSON can hold and not text."""
     restarted: bool = False
     """The worker was killed and restarted during (or just before) this cell; variables were lost."""
     timed_out: bool = False
@@ -177,6 +179,8 @@ class ResultFrame(_Frame):
     error: CellError | None
     defined_names: list[str]
     final_answer: str | None
+    final_json: str | None = None
+    """Sent only with a final answer whose value is not text (see ``CellResult``)."""
 
 
 class VarFrame(_Frame):
@@ -184,6 +188,8 @@ class VarFrame(_Frame):
     id: int
     found: bool
     text: str | None
+    value_json: str | None = None
+    """The value as JSON, sent only when ``get_var`` asked for it."""
 
 
 class VarsFrame(_Frame):

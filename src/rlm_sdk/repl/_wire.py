@@ -6,18 +6,24 @@ server as a plain sibling file (they run as ``python -I`` scripts outside the pa
 anyway, and anything both sides must agree on is defined here exactly once.
 
 Frames. Each frame is a 4-byte big-endian length and a UTF-8 JSON object with a ``"type"``.
-Parent to worker: ``init``, ``exec``, ``get_var``, ``list_vars``, ``call_result``,
-``tool_result``. Worker to parent: ``hello``, ``ready``, ``fatal``, ``result``, ``var``,
+Parent to worker: ``init``, ``exec``, ``get_var``, ``list_vars``, ``add_context``,
+``call_result``, ``tool_result``. Worker to parent: ``hello``, ``ready``, ``fatal``, ``result``, ``var``,
 ``vars``, ``call``, ``tool``. Big strings (sub-call prompts and answers, long texts) would
 spend most of their time in JSON escaping, so a frame whose length has the top bit set is
 *segmented*: a 4-byte header length, a JSON header in which ``"$segments"`` maps each big field
 to the UTF-8 byte lengths of its string (or list of strings), then those raw bytes. Both sides
 check that the lengths add up exactly and decode strictly. Nothing is ever pickled. Both sides
-read frames with one :class:`FrameReader`; only their waiting differs.
+read frames with one :class:`FrameReader`; only their waiting differs. For typed answers, a
+``result`` whose final answer is a value other than text also carries ``final_json`` (the
+value as JSON), and a ``get_var`` sent with ``"json": true`` is answered with ``value_json``;
+frames without them are unchanged.
 
 The context. The parent writes it once into a sealed memfd (:func:`write_context`) and the
 worker maps it (:func:`load_context`); a ``list[str]`` is laid out as joined text, so no item
-is JSON-escaped.
+is JSON-escaped. A context added to a live session (``add_context``, answered by a
+``result``) has the same layout in a file of the session's directory, since a running worker
+cannot be handed a new descriptor through its pipes; ``init`` lists those files too, so a
+restarted worker loads them again.
 
 The process contract. A worker leads a process group of its own, so killing the group
 (:func:`kill_group`) takes everything it started; it dies with the process that started it

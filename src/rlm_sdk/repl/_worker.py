@@ -297,6 +297,8 @@ class _Session:
         self._commands: SimpleQueue[dict[str, Any]] = SimpleQueue()
         self._cells = 0
         self._final: str | None = None
+        self._final_json: str | None = None
+        """The final answer's value as JSON, when it was not text (for typed answers)."""
         module = _ModuleType("__main__")
         sys.modules["__main__"] = module
         self.ns: dict[str, Any] = module.__dict__
@@ -331,12 +333,12 @@ class _Session:
             """Give the final answer: a variable's name (its value is used) or any value."""
             if isinstance(value, str) and value.isidentifier() and value in self.ns:
                 value = self.ns[value]
-            self._final = _text(value)
+            self._final, self._final_json = _text(value), _json(value)
             return self._final
 
         def FINAL(value: object) -> str:
             """Give the final answer: ``str(value)`` (models used to text protocols write this)."""
-            self._final = _text(value)
+            self._final, self._final_json = _text(value), _json(value)
             return self._final
 
         def SHOW_VARS() -> _VarListing:
@@ -375,6 +377,7 @@ class _Session:
             "exec": self.run_cell,
             "get_var": self.get_var,
             "list_vars": self.list_vars,
+            "add_context": self.add_context,
         }
         while True:
             message = self._commands.get()
@@ -445,6 +448,8 @@ class _Session:
                 "defined_names": [],
                 "final_answer": None,
             }
+        if kind == "add_context":
+            return _loaded(message, {"type": error, "message": text, "traceback": ""})
         if kind == "get_var":
             return {"type": "var", "id": message["id"], "found": False, "text": None}
         return {"type": "vars", "id": message["id"], "variables": {}}
@@ -454,7 +459,7 @@ class _Session:
     def run_cell(self, message: dict[str, Any]) -> dict[str, Any]:
         code = str(message["code"])
         self._cells += 1
-        self._final = None
+        self._final = self._final_json = None
         self._output.begin_cell()
         if signal.getsignal(signal.SIGINT) != self._gate.on_sigint:  # a cell replaced it
             signal.signal(signal.SIGINT, self._gate.on_sigint)
@@ -468,7 +473,7 @@ class _Session:
             for name in changed | bound
             if name in self.ns and self._is_user(name, self.ns[name])
         )
-        return {
+        reply = {
             "type": "result",
             "id": message["id"],
             "stdout": stdout,
@@ -479,6 +484,9 @@ class _Session:
             "defined_names": defined[:MAX_DEFINED_NAMES],
             "final_answer": self._final_answer(),
         }
+        if self._final_json is not None:  # only then: other frames stay as they were
+            reply["final_json"] = self._final_json
+        return reply
 
     def _execute(self, code: str, filename: str) -> tuple[dict[str, str] | None, set[str]]:
         """Run one cell; the error (if any) and the names its top level binds."""
@@ -531,7 +539,9 @@ class _Session:
         answer = self.ns.get(_wire.ANSWER_NAME)
         try:
             if isinstance(answer, dict) and answer.get("ready"):
-                return _text(answer.get("content", ""))
+                content = answer.get("content", "")
+                self._final_json = _json(content)
+                return _text(content)
         except Exception:
             return None
         return None
@@ -556,17 +566,58 @@ class _Session:
         name = str(message["name"])
         if name not in self.ns:
             return {"type": "var", "id": message["id"], "found": False, "text": None}
+        reply: dict[str, Any] = {"type": "var", "id": message["id"], "found": True}
         self._gate.arm()  # a __str__ may loop forever; the deadline still applies
         try:
-            text = _text(self.ns[name])
+            reply["text"] = _text(self.ns[name])
+            if message.get("json"):  # asked for typed answers only
+                reply["value_json"] = _json(self.ns[name])
         except KeyboardInterrupt:
-            text = f"<str() of {type(self.ns[name]).__name__} was interrupted>"
+            reply["text"] = f"<str() of {type(self.ns[name]).__name__} was interrupted>"
         finally:
             self._gate.disarm()
-        return {"type": "var", "id": message["id"], "found": True, "text": text}
+        return reply
 
     def list_vars(self, message: dict[str, Any]) -> dict[str, Any]:
         return {"type": "vars", "id": message["id"], "variables": self.variables()}
+
+    # -- contexts added to a live session ------------------------------------------------------
+
+    def add_context(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Load one more context (``context_1``, ...) from a file the parent wrote; the reply
+        is a cell result, its error saying why the context could not be loaded."""
+        try:
+            self.load_extra(message)
+        except Exception as exc:
+            return _loaded(message, _describe(exc))
+        return _loaded(message, None)
+
+    def load_extra(self, entry: dict[str, Any]) -> None:
+        """Map an extra context's file and bind it as a reserved name (kept like ``context``)."""
+        name = str(entry["name"])
+        if not name.isidentifier() or name in self.reserved:
+            raise ValueError(f"{name!r} cannot name a context")
+        fd = os.open(str(entry["path"]), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            value = _wire.load_context(fd, dict(entry["context"]))
+        finally:
+            os.close(fd)
+        self.reserved[name] = self.ns[name] = value
+
+
+def _loaded(message: dict[str, Any], error: dict[str, str] | None) -> dict[str, Any]:
+    """The reply to ``add_context``: a cell result without output."""
+    return {
+        "type": "result",
+        "id": message["id"],
+        "stdout": "",
+        "stdout_cut": 0,
+        "stderr": "",
+        "stderr_cut": 0,
+        "error": error,
+        "defined_names": [],
+        "final_answer": None,
+    }
 
 
 def _text(value: object) -> str:
@@ -578,6 +629,35 @@ def _text(value: object) -> str:
     except BaseException as exc:
         text = f"<str() of {type(value).__name__} failed: {type(exc).__name__}: {exc}>"
     return text[: _wire.MAX_TEXT_CHARS]
+
+
+def _json(value: object) -> str | None:
+    """``value`` as JSON text, for a typed answer; ``None`` for text (which is its own JSON
+    source) and for what JSON cannot hold. Sets become lists; pydantic models and dataclasses
+    their fields. Bounded like :func:`_text`; never raises but for an interrupt."""
+    if isinstance(value, str):
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_plain)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return None
+    return text if len(text) <= _wire.MAX_TEXT_CHARS else None
+
+
+def _plain(value: object) -> object:
+    """What ``json.dumps`` writes for a value it does not know, or ``TypeError``."""
+    if isinstance(value, set | frozenset):
+        return list(value)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        import dataclasses
+
+        return dataclasses.asdict(value)  # type: ignore[call-overload]
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _describe(exc: BaseException, *, compiling: bool = False) -> dict[str, str]:
@@ -739,6 +819,8 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
         output = _capture.Output(int(config["output_limit"]), pipes)
         session = _Session(channel, gate, output, context, config)
         del context
+        for entry in config.get("contexts") or ():  # a restart in a session that added some
+            session.load_extra(entry)
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
         channel.send({"type": "fatal", "kind": "start", "message": message})

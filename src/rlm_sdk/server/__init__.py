@@ -96,6 +96,21 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="stop each run after this much wall time",
     )
     p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="conversations kept at once for clients sending the X-RLM-Session header, "
+        "each holding a REPL worker (default 16; 0 refuses the header)",
+    )
+    p.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a conversation idle this long and reap its worker (default 600)",
+    )
+    p.add_argument(
         "--offline",
         action="store_true",
         help="serve only a scripted demo stand-in; no language model is called",
@@ -110,7 +125,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _config_from_args(args: argparse.Namespace, port: int) -> ServerConfig:
-    defaults: dict[str, int] = {}
+    defaults: dict[str, float] = {}
+    if args.max_sessions is not None:
+        defaults["max_sessions"] = args.max_sessions
+    if args.session_idle_timeout is not None:
+        defaults["session_idle_timeout"] = args.session_idle_timeout
     if args.max_iterations is not None:
         defaults["default_max_iterations"] = args.max_iterations
     if args.max_depth is not None:

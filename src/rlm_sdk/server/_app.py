@@ -10,6 +10,7 @@ POST     /api/runs?query=&model=&...     start a run; the raw body is the contex
 GET      /api/runs/{id}                  a run's status and answer
 GET      /api/runs/{id}/events           its events as SSE: the backlog, then live; ``end``
 POST     /api/runs/{id}/stop             cancel it (and its REPL workers)
+POST     /api/runs/{id}/follow-up?query= a follow-up question in the run's session: a new run
 POST     /api/trajectories               open a saved JSONL trajectory (raw body)
 GET      /api/demo/haystack?lines=N      a needle-in-a-haystack context for the demo
 GET      /v1/models                      the ``rlm:`` model names
@@ -25,6 +26,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -38,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rlm_sdk import ConfigurationError, Event, load_events
+from rlm_sdk import ConfigurationError, Event, RLMResult, load_events
 from rlm_sdk._frontend import get_logger
 from rlm_sdk.providers import ModelRouter, Provider
 from rlm_sdk.repl import ForkServer
@@ -55,9 +57,10 @@ from ._http import (
     sse,
     sse_json,
 )
-from ._jobs import make_job, parse_options
+from ._jobs import RunOptions, make_job, make_rlm, parse_options
 from ._openai import chat_completions, list_models
-from ._runs import EventSink, RunRegistry, ServerRun
+from ._runs import EventSink, Job, RunRegistry, ServerRun
+from ._sessions import SessionPool
 
 __all__ = ["build_app"]
 
@@ -75,8 +78,10 @@ class _Handlers:
         forkserver: ForkServer,
         provider: Provider,
         on_event: EventSink | None = None,
+        sessions: SessionPool | None = None,
     ) -> None:
         self.config = config
+        self.sessions = sessions
         self.runs = runs
         self.forkserver = forkserver
         self.provider = provider
@@ -110,8 +115,13 @@ class _Handlers:
             max_depth=q.get("max_depth"),
         )
         context = (await read_body(request, self.config.max_body_bytes)).decode("utf-8", "replace")
-        run = self.runs.start(
-            make_job(
+        if self.sessions is not None and self.config.max_sessions > 0:
+            # A page run is a session's first query, so that it can take a follow-up.
+            sid = "page-" + uuid.uuid4().hex
+            run = self.runs.start(self._session_job(sid, options, context, q.get("query", "")))
+            run.session = sid
+        else:
+            job = make_job(
                 self.config,
                 options,
                 context,
@@ -120,10 +130,50 @@ class _Handlers:
                 self.provider,
                 self.on_event,
             )
-        )
+            run = self.runs.start(job)
         return JSONResponse(
             {"id": run.id, "events_url": f"/api/runs/{run.id}/events", "options": vars(options)},
             status_code=201,
+        )
+
+    def _session_job(self, sid: str, options: RunOptions, context: str | None, query: str) -> Job:
+        sessions = self.sessions
+        assert sessions is not None
+
+        async def job(sink: EventSink) -> RLMResult:
+            return await sessions.ask(
+                sid,
+                options,
+                lambda: make_rlm(
+                    self.config, options, self.forkserver, self.provider, self.on_event
+                ),
+                context,
+                query or None,
+                on_event=sink,
+                resume=context is None,
+            )
+
+        return job
+
+    async def follow_up(self, request: Request) -> Response:
+        """A follow-up question in a finished run's session: a new run, followed like any."""
+        earlier = self._run(request)
+        query = request.query_params.get("query", "").strip()
+        if not query:
+            raise ApiError(400, "a follow-up needs a query", param="query")
+        sid = earlier.session
+        options = None if sid is None or self.sessions is None else self.sessions.options(sid)
+        if sid is None or options is None:
+            raise ApiError(
+                409,
+                "this run's session has closed (it was idle, or made room for others); "
+                "start a new run",
+                code="session_closed",
+            )
+        run = self.runs.start(self._session_job(sid, options, None, query))
+        run.session = sid
+        return JSONResponse(
+            {"id": run.id, "events_url": f"/api/runs/{run.id}/events"}, status_code=201
         )
 
     async def get_run(self, request: Request) -> Response:
@@ -179,7 +229,7 @@ class _Handlers:
 
     async def v1_chat(self, request: Request) -> Response:
         return await chat_completions(
-            request, self.config, self.forkserver, self.provider, self.on_event
+            request, self.config, self.forkserver, self.provider, self.on_event, self.sessions
         )
 
 
@@ -231,12 +281,13 @@ def build_app(config: ServerConfig) -> Starlette:
 
         tracer = OTelTracer()
         middleware.append(Middleware(TraceParentMiddleware))
-    h = _Handlers(config, runs, forkserver, config.provider or shared, tracer)
+    sessions = SessionPool(config.max_sessions, config.session_idle_timeout)
+    h = _Handlers(config, runs, forkserver, config.provider or shared, tracer, sessions)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            async with forkserver, runs.running():
+            async with forkserver, runs.running(), sessions.running():
                 yield
         finally:
             await shared.aclose()
@@ -248,6 +299,7 @@ def build_app(config: ServerConfig) -> Starlette:
         Route("/api/runs/{run_id}", h.get_run),
         Route("/api/runs/{run_id}/events", h.events),
         Route("/api/runs/{run_id}/stop", h.stop_run, methods=["POST"]),
+        Route("/api/runs/{run_id}/follow-up", h.follow_up, methods=["POST"]),
         Route("/api/trajectories", h.open_trajectory, methods=["POST"]),
         Route("/api/demo/haystack", h.demo_haystack),
         Route("/v1/models", h.v1_models),
@@ -265,4 +317,5 @@ def build_app(config: ServerConfig) -> Starlette:
         },
     )
     app.state.runs = runs
+    app.state.sessions = sessions
     return app

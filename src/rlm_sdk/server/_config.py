@@ -84,6 +84,12 @@ class ServerConfig(BaseModel):
         otel: record every run as OpenTelemetry spans (:class:`rlm_sdk.otel.OTelTracer`,
             through the tracer provider the process configured) and continue the trace that
             a request's ``traceparent`` header names. Needs the ``otel`` extra.
+        max_sessions: conversations ``/v1/chat/completions`` keeps at once for clients that
+            send the ``X-RLM-Session`` header (each holds a REPL worker); past it, the least
+            recently used idle one is closed, or the request is refused (429) if none is idle.
+            ``0`` refuses the header.
+        session_idle_timeout: seconds a conversation may sit idle before it is closed and
+            its worker reaped.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
@@ -100,6 +106,8 @@ class ServerConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_wall_time: float | None = Field(default=None, gt=0)
     otel: bool = False
+    max_sessions: int = Field(default=16, ge=0)
+    session_idle_timeout: float = Field(default=600.0, gt=0)
 
     @field_validator("models")
     @classmethod

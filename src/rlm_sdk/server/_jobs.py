@@ -18,7 +18,14 @@ from ._config import ServerConfig
 from ._http import ApiError
 from ._runs import EventSink, Job
 
-__all__ = ["RunOptions", "ignore_events", "make_job", "parse_options", "unknown_model"]
+__all__ = [
+    "RunOptions",
+    "ignore_events",
+    "make_job",
+    "make_rlm",
+    "parse_options",
+    "unknown_model",
+]
 
 
 @dataclass(frozen=True)
@@ -101,31 +108,46 @@ def make_job(
     forkserver: ForkServer | None = None,
     provider: Provider | None = None,
     on_event: EventSink | None = None,
+    output_type: Any = None,
 ) -> Job:
     """A job for the registry or an endpoint: one top-level run reporting to ``sink``.
 
     The run talks to ``provider`` (the app's shared one), else to the config's, else it
     resolves model prefixes itself and closes what it made when it ends. Every run of an
     app forks its REPL workers from the app's one ``forkserver``. ``on_event`` sees every
-    event too (the app's OpenTelemetry sink, when tracing is on).
+    event too (the app's OpenTelemetry sink, when tracing is on). ``output_type`` is the
+    run's (a ``response_format`` read by ``reply_format_shape``).
     """
 
     async def job(sink: EventSink) -> RLMResult:
-        async with RecursiveLM(
-            options.model,
-            sub_model=options.sub_model,
-            provider=provider or config.provider,
-            max_iterations=options.max_iterations,
-            max_depth=options.max_depth,
-            max_tokens=config.max_tokens,
-            limits=Limits(max_wall_time=config.max_wall_time),
-            on_limit="return",
-            forkserver=forkserver,
-            on_event=on_event,
-        ) as rlm:
-            return await rlm.acomplete(context, query or None, on_event=sink)
+        async with make_rlm(config, options, forkserver, provider, on_event) as rlm:
+            return await rlm.acomplete(
+                context, query or None, on_event=sink, output_type=output_type
+            )
 
     return job
+
+
+def make_rlm(
+    config: ServerConfig,
+    options: RunOptions,
+    forkserver: ForkServer | None = None,
+    provider: Provider | None = None,
+    on_event: EventSink | None = None,
+) -> RecursiveLM:
+    """The :class:`RecursiveLM` behind a job or a session (see :func:`make_job`)."""
+    return RecursiveLM(
+        options.model,
+        sub_model=options.sub_model,
+        provider=provider or config.provider,
+        max_iterations=options.max_iterations,
+        max_depth=options.max_depth,
+        max_tokens=config.max_tokens,
+        limits=Limits(max_wall_time=config.max_wall_time),
+        on_limit="return",
+        forkserver=forkserver,
+        on_event=on_event,
+    )
 
 
 def ignore_events(event: Event) -> None:

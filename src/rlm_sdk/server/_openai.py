@@ -14,6 +14,16 @@ client sends with ``extra_body``::
         extra_body={"rlm": {"sub_model": "openai:gpt-5-nano", "max_depth": 2, "max_iterations": 10}},
     )
 
+A conversation: send ``X-RLM-Session: <id>`` (any id of your choosing) with every request of
+it, and the server keeps one session per id (:mod:`._sessions`): one REPL worker kept
+between requests, the earlier turns remembered; a follow-up request's last user message is
+the new query. Without the header every request is a run of its own.
+
+``response_format`` is OpenAI's: with ``{"type": "json_schema", "json_schema": {"name": ...,
+"schema": {...}}}`` (what ``client.chat.completions.parse(response_format=Model)`` sends) or
+``{"type": "json_object"}``, the answer must match, and the message's content is the answer
+as JSON; a run whose answers never match is a 500 with code ``output_validation_failed``.
+
 ``sub_model`` must also be one of the server's models. ``stream=true`` runs the RLM and then
 streams the final answer as ``chat.completion.chunk`` events (comment lines keep the
 connection alive meanwhile); a client that disconnects cancels the run.
@@ -30,15 +40,23 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rlm_sdk import ConfigurationError, ProviderError, RLMError, RLMResult
-from rlm_sdk._frontend import messages_to_run, to_chat_completion
+from rlm_sdk import (
+    ChatCompletion,
+    ConfigurationError,
+    OutputValidationError,
+    ProviderError,
+    RLMError,
+    RLMResult,
+)
+from rlm_sdk._frontend import messages_to_run, output_json, reply_format_shape, to_chat_completion
 from rlm_sdk.providers import Provider
-from rlm_sdk.repl import ForkServer
+from rlm_sdk.repl import ContextData, ForkServer
 
 from ._config import MODEL_PREFIX, ServerConfig
 from ._http import ApiError, EventStream, WriteText, read_body, sse_json, until_disconnect
-from ._jobs import ignore_events, make_job, parse_options, unknown_model
-from ._runs import EventSink
+from ._jobs import RunOptions, ignore_events, make_job, make_rlm, parse_options, unknown_model
+from ._runs import EventSink, Job
+from ._sessions import SESSION_HEADER, SessionPool, session_id
 
 __all__ = ["chat_completions", "list_models"]
 
@@ -56,6 +74,13 @@ def list_models(config: ServerConfig) -> JSONResponse:
 
 
 def _run_failed(err: Exception) -> ApiError:
+    if isinstance(err, OutputValidationError):
+        return ApiError(
+            500,
+            f"no answer matched the response_format: {err}",
+            type="server_error",
+            code="output_validation_failed",
+        )
     if isinstance(err, ProviderError):
         return ApiError(
             502, f"the model provider failed: {err}", type="api_error", code="provider_error"
@@ -90,6 +115,7 @@ async def chat_completions(
     forkserver: ForkServer | None = None,
     provider: Provider | None = None,
     on_event: EventSink | None = None,
+    sessions: SessionPool | None = None,
 ) -> Response:
     """``POST /v1/chat/completions`` (see the module docstring)."""
     payload, root = _parse_request(config, await read_body(request, config.max_body_bytes))
@@ -111,7 +137,18 @@ async def chat_completions(
         context, query = messages_to_run(messages)
     except ConfigurationError as err:
         raise ApiError(400, str(err), param="messages") from err
-    job = make_job(config, options, context, query, forkserver, provider, on_event)
+    output = _response_format(payload)
+    sid = session_id(request.headers.get(SESSION_HEADER))
+    if sid is None:
+        job = make_job(config, options, context, query, forkserver, provider, on_event, output)
+    elif output is not None:  # sessions do not take an output_type (yet)
+        raise ApiError(
+            400, f"response_format cannot be used with {SESSION_HEADER}", param="response_format"
+        )
+    else:
+        job = _session_job(
+            sessions, sid, options, context, query, config, forkserver, provider, on_event
+        )
     model_name = str(payload["model"])
 
     if payload.get("stream") is True:
@@ -121,9 +158,14 @@ async def chat_completions(
         )
 
         async def produce(write: WriteText) -> None:
-            await _stream(write, model_name, lambda: job(ignore_events), include_usage)
+            await _stream(
+                write, model_name, lambda: job(ignore_events), include_usage, output is not None
+            )
 
-        return EventStream(produce)
+        stream = EventStream(produce)
+        if sid is not None:
+            stream.headers[SESSION_HEADER] = sid
+        return stream
 
     try:
         result = await until_disconnect(request, lambda: job(ignore_events))
@@ -131,7 +173,54 @@ async def chat_completions(
         raise _run_failed(err) from err
     if result is None:  # the client went away; the run was cancelled
         return Response(status_code=499)
-    return JSONResponse(to_chat_completion(result, model_name).model_dump(mode="json"))
+    return JSONResponse(
+        _completion(result, model_name, output is not None).model_dump(mode="json"),
+        headers=None if sid is None else {SESSION_HEADER: sid},
+    )
+
+
+def _session_job(
+    sessions: SessionPool | None,
+    sid: str,
+    options: RunOptions,
+    context: ContextData,
+    query: str,
+    config: ServerConfig,
+    forkserver: ForkServer | None,
+    provider: Provider | None,
+    on_event: EventSink | None,
+) -> Job:
+    """The job of a request in conversation ``sid``: a query of the pool's session."""
+    if sessions is None:
+        raise ApiError(
+            400, f"this server keeps no sessions ({SESSION_HEADER})", code="sessions_off"
+        )
+
+    async def job(sink: EventSink) -> RLMResult:
+        return await sessions.ask(
+            sid,
+            options,
+            lambda: make_rlm(config, options, forkserver, provider, on_event),
+            context,
+            query or None,
+            on_event=sink,
+        )
+
+    return job
+
+
+def _response_format(payload: dict[str, Any]) -> Any:
+    """The request's ``response_format`` as an ``output_type`` (``None``: plain text)."""
+    try:
+        return reply_format_shape(payload.get("response_format"))
+    except ConfigurationError as err:
+        raise ApiError(400, str(err), param="response_format") from err
+
+
+def _completion(result: RLMResult, model: str, typed: bool) -> ChatCompletion:
+    """The reply; with a ``response_format``, its content is the typed answer as JSON."""
+    content = output_json(result.output) if typed and result.answer is not None else None
+    return to_chat_completion(result, model, content=content)
 
 
 async def _stream(
@@ -139,6 +228,7 @@ async def _stream(
     model: str,
     run: Callable[[], Awaitable[RLMResult]],
     include_usage: bool,
+    typed: bool = False,
 ) -> None:
     """Write a run's answer as chat-completion chunks, then ``[DONE]``."""
     chunk_id = f"chatcmpl-rlm-{uuid.uuid4().hex[:16]}"
@@ -162,7 +252,7 @@ async def _stream(
         await write(sse_json(_run_failed(err).body()))
         await write("data: [DONE]\n\n")
         return
-    completion = to_chat_completion(result, model)
+    completion = _completion(result, model, typed)
     text = completion.choices[0].message.content or ""
     for start in range(0, len(text), _PIECE):
         await write(chunk({"content": text[start : start + _PIECE]}))

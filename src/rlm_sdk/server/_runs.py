@@ -41,6 +41,8 @@ class ServerRun:
     error: str | None = None
     created: float = field(default_factory=time.time)
     scope: anyio.CancelScope | None = None
+    session: str | None = None
+    """The server session the run asked in (the page offers a follow-up while it lives)."""
     _changed: anyio.Event = field(default_factory=anyio.Event)
 
     @property
@@ -82,6 +84,7 @@ class ServerRun:
             "answer": self.answer,
             "error": self.error,
             "created": self.created,
+            "session": self.session,
         }
 
 

@@ -403,6 +403,16 @@ class RunView {
     );
   }
 
+  on_output_rejected(ev) {
+    const run = this.runFor(ev);
+    const turn = this.turnFor(run, ev.iteration);
+    const host = turn ? turn.body : run.node;
+    const left = ev.retries_left === 1 ? "1 try left" : `${ev.retries_left} tries left`;
+    host.append(
+      el("div", "note warn rejected", `Answer rejected by the output type (${left}): ${oneLine(ev.errors.join("; "), 240)}`),
+    );
+  }
+
   on_cell_started(ev) {
     const run = this.runFor(ev);
     const turn = this.turnFor(run, ev.iteration);
@@ -609,6 +619,7 @@ const page = {
   view: null,
   source: null, // the EventSource of the current run
   runId: null,
+  followUps: 0, // follow-up questions asked in the current session
 };
 
 async function apiError(response) {
@@ -690,6 +701,7 @@ function follow(runId, kind) {
   if (page.source) page.source.close();
   if (page.view) page.view.stopTimer();
   page.runId = runId;
+  $("followup").hidden = true;
   const view = new RunView(kind);
   page.view = view;
   const source = new EventSource(`/api/runs/${encodeURIComponent(runId)}/events`);
@@ -698,8 +710,12 @@ function follow(runId, kind) {
   source.addEventListener("end", (message) => {
     source.close();
     if (page.source === source) page.source = null;
-    view.end(JSON.parse(message.data));
-    if (page.view === view) setRunning(false);
+    const summary = JSON.parse(message.data);
+    view.end(summary);
+    if (page.view === view) {
+      setRunning(false);
+      offerFollowUp(summary);
+    }
   });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED && !view.finished) {
@@ -744,7 +760,48 @@ async function startRun(event) {
   }
   if (!response.ok) return showFormError(await apiError(response));
   const started = await response.json();
+  page.followUps = 0;
   follow(started.id, "live");
+}
+
+/** A finished run kept in a session on the server: offer a follow-up question. */
+function offerFollowUp(summary) {
+  const form = $("followup");
+  form.hidden = !(summary.status === "finished" && summary.session);
+  $("followup-error").hidden = true;
+  if (!form.hidden) $("followup-query").focus();
+}
+
+async function askFollowUp(event) {
+  event.preventDefault();
+  const box = $("followup-error");
+  box.hidden = true;
+  const query = $("followup-query").value.trim();
+  if (!query || !page.runId) return;
+  const button = $("followup-button");
+  button.disabled = true;
+  let response;
+  try {
+    const params = new URLSearchParams({ query });
+    response = await fetch(`/api/runs/${encodeURIComponent(page.runId)}/follow-up?${params}`, {
+      method: "POST",
+    });
+  } catch (err) {
+    response = null;
+    box.textContent = `Could not reach the server: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+  if (response && !response.ok) box.textContent = await apiError(response);
+  if (!response || !response.ok) {
+    box.hidden = false;
+    return;
+  }
+  const started = await response.json();
+  page.followUps += 1;
+  $("followup-query").value = "";
+  follow(started.id, "live");
+  $("run-title").textContent = `Follow-up ${page.followUps} · ${oneLine(query, 60)}`;
 }
 
 async function stopRun() {
@@ -796,6 +853,7 @@ function toggleAll() {
 function init() {
   $("run-form").addEventListener("submit", startRun);
   $("stop-button").addEventListener("click", stopRun);
+  $("followup").addEventListener("submit", askFollowUp);
   $("context").addEventListener("input", updateContextSize);
   $("context-upload").addEventListener("change", (e) => {
     const file = e.target.files[0];
