@@ -268,3 +268,33 @@ async def test_a_long_conversation_is_compacted_and_keeps_the_current_query() ->
     assert after[1].content.startswith("A follow-up query in the same conversation: the second")
     assert "SUMMARY OF EARLIER TURNS" in after[1].content
     assert result.answer is not None and int(result.answer) >= 2
+
+
+async def test_a_follow_up_can_be_typed() -> None:
+    """`output_type` types one query of a session: a value that does not match goes back to the
+    model, a matching one is `result.output`, and the next query is plain text again."""
+    from pydantic import BaseModel
+
+    class Count(BaseModel):
+        n: int
+
+    rlm, provider = rlm_with(
+        [
+            code("words = context.split()"),
+            "FINAL(three)",
+            'FINAL({"n": "many"})',
+            "FINAL_VAR(reply)",
+            code("reply = {'n': len(words)}"),
+            "FINAL_VAR(reply)",
+            "FINAL(done)",
+        ]
+    )
+    async with rlm, rlm.session() as session:
+        plain = await session.acomplete("a b c", "How many words?")
+        typed = await session.acomplete("As a count, please.", output_type=Count)
+        after = await session.acomplete("Anything else?")
+    assert plain.output is None and plain.answer == "three"
+    assert typed.output == Count(n=3)
+    assert after.output is None and after.answer == "done"
+    rejected = provider.requests[3].messages[-1].content
+    assert "n" in rejected and "integer" in rejected

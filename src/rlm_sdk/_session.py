@@ -47,6 +47,7 @@ from . import _protocol as proto
 from ._events import Event, ModelResponse
 from ._exceptions import ConfigurationError, RLMError, SessionClosedError
 from ._logging import get_logger
+from ._output import OutputShape, output_shape
 from ._run import _OPEN_AFTER, Carry, Handoff, RunSettings, _LazyREPL
 from ._types import ModelUsage, RLMResult, Usage
 from .providers import ChatMessage
@@ -83,6 +84,7 @@ class _Host(Protocol):
         item: int | None = None,
         model: str | None = None,
         carry: Carry | None = None,
+        output: OutputShape | None = None,
     ) -> RLMResult: ...
 
 
@@ -298,14 +300,18 @@ class Session:
         query: str | _Unset | None = _UNSET,
         *,
         on_event: Callable[[Event], None] | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
         """Ask the next query: ``acomplete(query)`` goes on over the contexts so far;
         ``acomplete(context, query)`` brings a new one (``context`` for the first,
         ``context_1``, ``context_2``... after it; ``query=None``: the context states the task).
+        ``output_type`` types this query's answer, as in :meth:`RecursiveLM.acomplete`.
 
         Raises:
             SessionClosedError: the session is closed, or was never entered.
-            ConfigurationError: no query and no new context.
+            ConfigurationError: no query and no new context, or an ``output_type`` that
+                cannot be validated.
+            OutputValidationError: no answer matched ``output_type``.
             REPLError: a new context could not be loaded into the worker.
             LimitExceededError, ProviderError, ...: as :meth:`RecursiveLM.acomplete`.
         """
@@ -319,13 +325,14 @@ class Session:
         del context_or_query
         if context is None and text is None:
             raise ConfigurationError("a query needs a question or a new context")
+        shape = None if output_type is None else output_shape(output_type)
         handoff = Handoff(context)
         del context
         async with self._lock:
             self._check_open()
             self._busy = True
             try:
-                return await self._query(handoff, text, on_event)
+                return await self._query(handoff, text, on_event, shape)
             finally:
                 self._busy = False
                 self._carry = None
@@ -337,6 +344,7 @@ class Session:
         query: str | _Unset | None = _UNSET,
         *,
         on_event: Callable[[Event], None] | None = None,
+        output_type: Any = None,
     ) -> RLMResult:
         """Sync twin of :meth:`acomplete`, for a session entered with ``with``."""
         portal = self._portal
@@ -345,7 +353,9 @@ class Session:
                 "complete() needs a session entered with `with rlm.session() as s:`; "
                 "in async code use `async with` and `await s.acomplete(...)`"
             )
-        call = functools.partial(self.acomplete, context_or_query, query, on_event=on_event)
+        call = functools.partial(
+            self.acomplete, context_or_query, query, on_event=on_event, output_type=output_type
+        )
         return portal.call(call)
 
     def _check_open(self) -> None:
@@ -355,7 +365,11 @@ class Session:
             raise SessionClosedError(f"the session is closed ({self._closed})")
 
     async def _query(
-        self, handoff: Handoff, query: str | None, on_event: Callable[[Event], None] | None
+        self,
+        handoff: Handoff,
+        query: str | None,
+        on_event: Callable[[Event], None] | None,
+        output: OutputShape | None,
     ) -> RLMResult:
         context: Any = handoff.take()
         if is_paths(context):  # files on disk: list them (a folder walk) off the loop
@@ -394,6 +408,7 @@ class Session:
                 query,
                 on_event=sink,
                 carry=carry,
+                output=output,
             )
         except RLMError as err:
             if err.result is not None:

@@ -153,3 +153,25 @@ async def test_stopping_the_server_reaps_every_session() -> None:
                 assert answer(await ask(client, body("abc", "How long?"), sid)) == "3"
         assert len(await settle(lambda w: len(w) == 2)) == 2
     assert await settle(lambda w: not w) == set()
+
+
+async def test_a_follow_up_takes_a_response_format(live_server: StartServer) -> None:
+    """A session's follow-up may carry a json_schema response_format: the schema reaches the
+    model with the follow-up, and the answer comes back as JSON of that type."""
+    server = live_server(ScriptedProvider(conversation_policy))
+    context = "abcdefghij" * 7
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert answer(await ask(client, body(context, "How long?"), "typed-1")) == "70"
+        follow = body(context, "How long?")
+        follow["messages"] += [  # type: ignore[operator]
+            {"role": "assistant", "content": "70"},
+            {"role": "user", "content": "And twice that?"},
+        ]
+        follow["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "Twice", "schema": {"type": "integer", "minimum": 100}},
+        }
+        second = await ask(client, follow, "typed-1")
+    assert answer(second) == "140"
+    told = server.provider.requests[-1].messages
+    assert any('"minimum": 100' in m.content or '"minimum":100' in m.content for m in told)

@@ -141,13 +141,9 @@ async def chat_completions(
     sid = session_id(request.headers.get(SESSION_HEADER))
     if sid is None:
         job = make_job(config, options, context, query, forkserver, provider, on_event, output)
-    elif output is not None:  # sessions do not take an output_type (yet)
-        raise ApiError(
-            400, f"response_format cannot be used with {SESSION_HEADER}", param="response_format"
-        )
     else:
         job = _session_job(
-            sessions, sid, options, context, query, config, forkserver, provider, on_event
+            sessions, sid, options, context, query, config, forkserver, provider, on_event, output
         )
     model_name = str(payload["model"])
 
@@ -189,6 +185,7 @@ def _session_job(
     forkserver: ForkServer | None,
     provider: Provider | None,
     on_event: EventSink | None,
+    output: Any,
 ) -> Job:
     """The job of a request in conversation ``sid``: a query of the pool's session."""
     if sessions is None:
@@ -204,6 +201,7 @@ def _session_job(
             context,
             query or None,
             on_event=sink,
+            output_type=output,
         )
 
     return job

@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -106,6 +107,7 @@ class SessionPool:
         on_event: EventSink | None = None,
         *,
         resume: bool = False,
+        output_type: Any = None,
     ) -> RLMResult:
         """Ask session ``sid`` (opened for ``options`` if it is not live): the first query
         over ``context``, later ones a follow-up ``query``. ``resume``: only a live session
@@ -138,10 +140,12 @@ class SessionPool:
             entry.active += 1
             try:
                 if not session.results and entry.active == 1:
-                    return await session.acomplete(context, query, on_event=on_event)
+                    return await session.acomplete(
+                        context, query, on_event=on_event, output_type=output_type
+                    )
                 if not query:
                     raise ApiError(400, "a follow-up needs a user message", param="messages")
-                return await session.acomplete(query, on_event=on_event)
+                return await session.acomplete(query, on_event=on_event, output_type=output_type)
             except SessionClosedError:
                 continue  # closed under us (idle): start again from the messages
             finally:
