@@ -298,3 +298,21 @@ async def test_a_follow_up_can_be_typed() -> None:
     assert after.output is None and after.answer == "done"
     rejected = provider.requests[3].messages[-1].content
     assert "n" in rejected and "integer" in rejected
+
+
+async def test_an_answer_dict_is_not_offered_again_to_the_next_query() -> None:
+    """A query that answered with `answer["ready"] = True` leaves nothing ready behind: the next
+    query's first cell does not end it with the old answer."""
+    rlm, _ = rlm_with(
+        [
+            code('answer["content"] = "first"\nanswer["ready"] = True'),
+            code("print('still going')"),
+            "FINAL(second)",
+        ]
+    )
+    async with rlm, rlm.session() as session:
+        first = await session.acomplete("text", "One?")
+        second = await session.acomplete("Two?")
+    assert first.answer == "first"
+    assert second.answer == "second"
+    assert second.iterations == 2

@@ -539,6 +539,9 @@ class _Session:
         answer = self.ns.get(_wire.ANSWER_NAME)
         try:
             if isinstance(answer, dict) and answer.get("ready"):
+                # Reported once: an answer the parent turns down (a typed answer that does not
+                # match), or a session's next query, must not see it offered again by every cell.
+                answer["ready"] = False
                 content = answer.get("content", "")
                 self._final_json = _json(content)
                 return _text(content)
