@@ -309,6 +309,24 @@ async def test_own_client_sends_the_sdk_user_agent(local_api: respx.MockRouter) 
     assert route.calls.last.request.headers["user-agent"] == f"rlm-sdk/{VERSION}"
 
 
+async def test_own_client_keeps_no_cookies_and_sends_the_timeout(
+    local_api: respx.MockRouter,
+) -> None:
+    """A cookie a server sets is not sent back (the provider's own client keeps none), and
+    each request carries the provider's timeout, the connect part capped."""
+    route = local_api.post("/chat/completions").respond(
+        json=OK_BODY, headers={"set-cookie": "session=abc; Path=/"}
+    )
+    async with provider(timeout=60.0) as p:
+        await p.acomplete(chat())
+        await p.acomplete(chat())
+    second = route.calls.last.request
+    assert route.call_count == 2
+    assert "cookie" not in second.headers
+    timeout = second.extensions["timeout"]
+    assert timeout["read"] == 60.0 and timeout["connect"] < 60.0
+
+
 async def test_a_given_client_keeps_its_settings_but_not_its_user_agent(
     local_api: respx.MockRouter,
 ) -> None:
