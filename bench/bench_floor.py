@@ -65,7 +65,7 @@ async def floor_niah(args: argparse.Namespace) -> None:
     walls = []
     with model_server("niah", args.latency) as url:
         provider = _provider(url)
-        await _loop(provider, "warm-up", NIAH_QUERY)
+        await _loop(provider, make_haystack(100, seed=1)[0], NIAH_QUERY)  # connections, imports
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             answer = await _loop(provider, context, NIAH_QUERY)
