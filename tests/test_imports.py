@@ -23,6 +23,7 @@ FRONT_END_ALLOWED = {
     "rlm_sdk._frontend",
     "rlm_sdk.server",  # the CLI's `serve` command is the server's public entry point
     "rlm_sdk.eval",  # the CLI's `eval` command is the eval harness's public entry point
+    "rlm_sdk.ray",  # the CLI's `batch --engine ray` runs on the public Ray module
 }
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._eval import add_eval_parser, cmd_eval
+from ._ray import add_ray_options, cmd_batch_ray
 
 if TYPE_CHECKING:
     from rlm_sdk import Corpus, JSONLRecorder, RLMResult
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("-q", "--query", help="the query for every item (required for a folder)")
     batch.add_argument("-c", "--concurrency", type=int, default=8, help="items in flight at once")
+    add_ray_options(batch)  # --engine, --address, --actors: cli/_ray.py
     _add_model_options(batch)
 
     view = sub.add_parser("view", help="render a saved JSONL trajectory in the terminal")
@@ -462,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": cmd_eval,
     }[args.command]
     try:
+        if args.command == "batch" and args.engine == "ray":
+            return cmd_batch_ray(args)  # sync: Ray's driver wants the main thread
         return anyio.run(command, args)
     except KeyboardInterrupt:
         print("rlm-sdk: interrupted", file=sys.stderr)
