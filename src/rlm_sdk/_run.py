@@ -207,12 +207,8 @@ class _LazyREPL:
         self.wanted.set()  # a holder still waiting to open wakes up, and does not
 
     async def close(self) -> None:
-        """Close the session now, in the caller's task, then let the holder go.
-
-        The holder would close it too, but only once the event loop gets round to it:
-        starting the worker's kill here saves that trip, which costs milliseconds when
-        many runs end together (``bench/bench_latency.py concurrent``).
-        """
+        """Close the session now, in the caller's task (a loop trip before the holder
+        would), then let the holder go."""
         session = self.session
         if session is not None:
             await session.aclose()  # shielded inside; idempotent

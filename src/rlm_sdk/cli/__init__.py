@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._eval import add_eval_parser, cmd_eval
+from ._items import read_batch_file
 from ._ray import add_ray_options, cmd_batch_ray
 
 if TYPE_CHECKING:
@@ -327,29 +328,12 @@ def _batch_items(args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
             )
         return items
-    try:
-        lines = src.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise SystemExit(f"rlm-sdk: cannot read {src}: {err.strerror}") from err
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"rlm-sdk: {src}:{n}: not JSON ({err.msg})") from err
-        if not isinstance(raw, dict) or not ("context" in raw or "context_file" in raw):
-            raise SystemExit(f"rlm-sdk: {src}:{n}: an item needs 'context' or 'context_file'")
-        if "context_file" in raw:
-            path = (src.parent / str(raw["context_file"])).resolve()
-            raw["context"] = path.read_text(encoding="utf-8", errors="replace")
-        items.append(
-            {
-                "id": str(raw.get("id", n)),
-                "context": raw["context"],
-                "query": raw.get("query", args.query),
-            }
-        )
+    for item in read_batch_file(src, args.query):
+        path = item.get("path")
+        context = item.get("context")
+        if path is not None:
+            context = Path(path).read_text(encoding="utf-8", errors="replace")
+        items.append({"id": item["id"], "context": context, "query": item["query"]})
     return items
 
 

@@ -11,13 +11,14 @@ the same server on every node as on this one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ._items import read_batch_file
 
 __all__ = ["add_ray_options", "cmd_batch_ray"]
 
@@ -56,29 +57,7 @@ def _items(args: argparse.Namespace) -> list[dict[str, Any]]:
             {"id": f.name, "path": str(f.resolve()), "query": args.query}
             for f in sorted(p for p in src.iterdir() if p.is_file())
         ]
-    try:
-        lines = src.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise SystemExit(f"rlm-sdk: cannot read {src}: {err.strerror}") from err
-    items = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"rlm-sdk: {src}:{n}: not JSON ({err.msg})") from err
-        if not isinstance(raw, dict) or not ("context" in raw or "context_file" in raw):
-            raise SystemExit(f"rlm-sdk: {src}:{n}: an item needs 'context' or 'context_file'")
-        item: dict[str, Any] = {"id": str(raw.get("id", n)), "query": raw.get("query", args.query)}
-        if "context_file" in raw:
-            item["path"] = str((src.parent / str(raw["context_file"])).resolve())
-        else:
-            item["context"] = raw["context"]
-        if raw.get("options") is not None:
-            item["options"] = raw["options"]
-        items.append(item)
-    return items
+    return read_batch_file(src, args.query)
 
 
 def _config(args: argparse.Namespace) -> Any:
