@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 
 from . import _protocol as proto
@@ -159,8 +160,9 @@ class _LazyREPL:
 
     It opens on the first of: one of the run's requests is on the wire (the fork and the
     context load then overlap the model's latency instead of delaying the request), a turn
-    asks for it, or ``_OPEN_AFTER`` seconds passed. It closes, killing and reaping the
-    worker, when the run releases it; released before it opened, it never opens.
+    asks for it, or ``_OPEN_AFTER`` seconds passed. Its tasks run in the run's task group. It
+    closes, killing the worker, when the run closes it; closed before it opened, it never
+    opens.
     """
 
     def __init__(self) -> None:
@@ -171,15 +173,13 @@ class _LazyREPL:
         self._opened = anyio.Event()
         self._released = anyio.Event()
 
-    async def hold(self, open_session: Callable[[], REPLSession]) -> None:
-        """The task that owns the session; cancelled, it closes it and ends (see
-        ``repl._supervisor._watcher`` on ending a task by returning)."""
-        try:
-            await self._hold(open_session)
-        except anyio.get_cancelled_exc_class():
-            return
+    def start(self, tg: anyio.abc.TaskGroup, open_session: Callable[[], REPLSession]) -> None:
+        """Open the session when it is wanted, its tasks in ``tg`` (the run's task group)."""
+        tg.start_soon(self._open_when_wanted, tg, open_session)
 
-    async def _hold(self, open_session: Callable[[], REPLSession]) -> None:
+    async def _open_when_wanted(
+        self, tg: anyio.abc.TaskGroup, open_session: Callable[[], REPLSession]
+    ) -> None:
         with anyio.move_on_after(_OPEN_AFTER):
             await self.wanted.wait()
         # One more trip round the event loop: runs started together all get their first
@@ -187,14 +187,19 @@ class _LazyREPL:
         await anyio.lowlevel.checkpoint()
         if self._released.is_set():
             return
-        async with open_session() as session:
-            self.session = session
-            self._opened.set()
-            try:
-                await self._released.wait()
-            finally:
-                self.isolation = list(session.isolation_layers)
-                self.session = None  # the session's handler refers to the run: no cycle left
+        session = open_session()
+        try:
+            await session._open_in(tg)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+            if self._released.is_set():
+                return  # closed while it was opening: nobody waits for it
+            raise
+        self.session = session
+        self._opened.set()
+        if self._released.is_set():  # the run closed it while the worker was being forked
+            await self.close()
 
     async def get(self) -> REPLSession:
         self.wanted.set()
@@ -204,15 +209,15 @@ class _LazyREPL:
 
     def release(self) -> None:
         self._released.set()
-        self.wanted.set()  # a holder still waiting to open wakes up, and does not
+        self.wanted.set()  # an opener still waiting wakes up, and does not open
 
     async def close(self) -> None:
-        """Close the session now, in the caller's task (a loop trip before the holder
-        would), then let the holder go."""
-        session = self.session
+        """Close the session now (the worker is killed; its tasks end), and let it go."""
+        self.release()
+        session, self.session = self.session, None
         if session is not None:
             await session.aclose()  # shielded inside; idempotent
-        self.release()
+            self.isolation = list(session.isolation_layers)
 
 
 @dataclass
@@ -384,7 +389,7 @@ async def _run(
     try:
         with SingleErrors():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(run.repl.hold, open_session)
+                run.repl.start(tg, open_session)
                 try:
                     answer, reason = await _turns(run, messages, protocol, prompts["fenced"])
                 finally:

@@ -148,7 +148,10 @@ class _QueryREPL(_LazyREPL):
         super().__init__()
         self._owner = owner
 
-    async def hold(self, open_session: Callable[[], REPLSession]) -> None:
+    def start(self, tg: anyio.abc.TaskGroup, open_session: Callable[[], REPLSession]) -> None:
+        tg.start_soon(self._hold)
+
+    async def _hold(self) -> None:
         try:
             if self._owner.repl is None and not self._owner.wanted.is_set():
                 # Not open yet: open it as a fresh run would, while the first call is out.

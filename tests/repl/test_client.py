@@ -26,7 +26,7 @@ from repl_helpers import (
 )
 
 from rlm_sdk import ConfigurationError, WorkerCrashedError, WorkerStartError
-from rlm_sdk.repl import ForkServer, REPLOptions, REPLSession, _client
+from rlm_sdk.repl import ForkServer, REPLOptions, REPLSession, _client, _context
 
 pytestmark = pytest.mark.integration
 
@@ -298,3 +298,39 @@ async def test_cancelling_at_any_point_of_the_start_leaks_nothing(
         assert thread_children(server.pid) == []
         assert not any(tmp_path.iterdir())
         assert open_fds() == before
+
+
+async def test_a_short_text_context_is_written_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A text up to _INLINE_WRITE_CHARS goes into the memfd at once; a longer one on a thread."""
+    written_on_threads: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def spy(func: object, *args: object, **kwargs: object) -> object:
+        written_on_threads.append(func)
+        return await run_sync(func, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
+    limit = _context._INLINE_WRITE_CHARS
+    async with REPLSession("s" * limit) as repl:
+        assert (await repl.run_cell("print(len(context))")).stdout == f"{limit}\n"
+    assert _context._write_sealed not in written_on_threads
+    async with REPLSession("l" * (limit + 1)) as repl:
+        assert (await repl.run_cell("print(len(context))")).stdout == f"{limit + 1}\n"
+    assert _context._write_sealed in written_on_threads
+
+
+async def test_a_session_opened_in_a_callers_task_group_runs_and_closes_there() -> None:
+    """_open_in (the orchestrator's way): the session's tasks live in the caller's task group,
+    which ends once the session is closed; the worker is gone and nothing is left running."""
+    repl = REPLSession("in the caller's group")
+    async with anyio.create_task_group() as tg:
+        await repl._open_in(tg)
+        assert (await repl.run_cell("print(context)")).stdout == "in the caller's group\n"
+        pid = repl.pid
+        assert pid is not None and running(pid)
+        await repl.aclose()
+    assert wait_not_running(pid)
+    with pytest.raises(RuntimeError, match="only once"):
+        await repl._open_in(tg)

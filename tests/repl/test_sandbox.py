@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -562,3 +563,38 @@ def test_an_unprivileged_worker_gets_its_netns_through_a_user_namespace(
         assert report["results"]["write_inside"]["value"] == ["kept", nobody]
         _denied(report, "tcp")
         assert not accepted(listener)
+
+
+@pytest.mark.skipif(not HOST["seccomp"], reason="needs libseccomp")
+@pytest.mark.parametrize("allow_network", [False, True])
+@pytest.mark.parametrize("allow_subprocess", [False, True])
+def test_a_ready_made_filter_with_the_pid_written_in_is_the_filter_compiled_for_that_pid(
+    allow_network: bool, allow_subprocess: bool
+) -> None:
+    """A worker writes its pid into a filter compiled before it was forked: the program it
+    installs is exactly the one libseccomp would have compiled for it."""
+    lib = sandbox._libseccomp()
+    template = sandbox._filter_template(lib, allow_network, allow_subprocess)
+    assert template is not None
+    words, pid_at = template
+    assert bool(pid_at) == (not allow_subprocess)  # only "signals to itself" names the pid
+    program = array("I", words)
+    for index in pid_at:
+        program[index] = 4242
+    direct = sandbox._compile_filter(lib, allow_network, allow_subprocess, 4242)
+    assert program.tobytes() == direct
+
+
+def test_prepare_loads_the_libraries_and_compiles_every_filter_once() -> None:
+    """What the fork server does before forking: afterwards nothing is compiled or loaded."""
+    sandbox.prepare()
+    assert "c" in sandbox._LIBS
+    assert len(sandbox._HOST_GRANTS) == 4
+    if HOST["seccomp"]:
+        assert len(sandbox._FILTERS) == 4 and None not in sandbox._FILTERS.values()
+        compiled = sandbox._compile_filter
+        try:
+            sandbox._compile_filter = None  # type: ignore[assignment]
+            sandbox._filter_template(sandbox._libseccomp(), False, False)
+        finally:
+            sandbox._compile_filter = compiled

@@ -202,6 +202,8 @@ class REPLSession:
         self._broken = ""
         """Why the session is ``BROKEN``."""
         self._tg: anyio.abc.TaskGroup | None = None
+        """Where the session's tasks run (its own, or the caller's: :meth:`_open_in`)."""
+        self._own_tg: anyio.abc.TaskGroup | None = None
         self._lock: anyio.Lock | None = None
         self._workdir: str | None = None
         self._worker: Worker | None = None
@@ -231,22 +233,11 @@ class REPLSession:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state is not _State.NEW:
-            raise RuntimeError("a REPLSession can be entered only once")
-        self._enter(_State.OPEN)
-        if self._options.isolation == "none":
-            self._log.warning(
-                "rlm.isolation_disabled",
-                detail="the REPL worker runs model-written code without a sandbox "
-                "(resource limits only): it can reach the network, the file system and "
-                "other processes",
-            )
-        self._lock = anyio.Lock(fast_acquire=True)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._own_tg = tg
         try:
-            self._context.open(self._tg)
-            await self._spawn()
+            await self._open_in(tg)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -261,11 +252,35 @@ class REPLSession:
         try:
             await self.aclose()
         finally:
-            tg, self._tg = self._tg, None
+            tg, self._own_tg = self._own_tg, None
             if tg is not None:
                 # Every task has been told to stop by aclose(); the caller's exception, if any,
                 # goes on unchanged rather than wrapped in an exception group.
                 await tg.__aexit__(None, None, None)
+
+    async def _open_in(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the worker, the session's tasks running in ``tg``; without waiting for it.
+
+        ``async with`` gives the session a task group of its own. The orchestrator passes the
+        run's instead: closing a run then waits for one task group, not three nested ones,
+        which costs its event loop fewer rounds (measured: 6 instead of 8 after the last
+        model reply). Whoever passes ``tg`` must :meth:`aclose` the session before ``tg``
+        exits, and after a failure here too.
+        """
+        if self._state is not _State.NEW:
+            raise RuntimeError("a REPLSession can be entered only once")
+        self._enter(_State.OPEN)
+        if self._options.isolation == "none":
+            self._log.warning(
+                "rlm.isolation_disabled",
+                detail="the REPL worker runs model-written code without a sandbox "
+                "(resource limits only): it can reach the network, the file system and "
+                "other processes",
+            )
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._tg = tg
+        self._context.open(tg)
+        await self._spawn()
 
     async def aclose(self) -> None:
         """Kill the worker's process group, close its descriptors, remove its directory; idempotent.

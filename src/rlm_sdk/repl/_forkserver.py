@@ -258,7 +258,7 @@ def _warm_up() -> None:
     import resource  # noqa: F401
     import traceback  # noqa: F401
 
-    _sandbox.probe()  # loads libc and libseccomp, so a worker's sandbox finds them mapped
+    _sandbox.prepare()  # libc, libseccomp and every seccomp filter, ready in each fork
     import gc
 
     gc.freeze()  # the collector leaves what exists now alone: fewer pages copied after a fork

@@ -429,11 +429,17 @@ def die_with_parent(parent_pid: int) -> None:
 
     Exits at once if the parent ``parent_pid`` is already gone (it died before the call).
     """
-    import ctypes
+    global _prctl
+    if _prctl is None:  # once per process: a forked worker finds it ready
+        import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(0)
+
+
+_prctl: Any = None
 
 
 def make_workdir(base: str) -> str:
