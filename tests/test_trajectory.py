@@ -6,6 +6,7 @@ import pytest
 
 from rlm_sdk import CompletionRequest, Event, RecursiveLM
 from rlm_sdk._trajectory import build_trajectories
+from rlm_sdk._types import CellRecord, SubCallRecord, TurnRecord
 from rlm_sdk.testing import ScriptedProvider
 
 from .test_orchestrator import code
@@ -59,3 +60,11 @@ def test_events_of_an_unknown_run_are_ignored() -> None:
 
     built = build_trajectories([TurnStarted(run_id="nobody", iteration=1)])
     assert built.roots == [] and built.runs == {}
+
+
+def test_records_filled_from_events_accept_plain_field_copies() -> None:
+    """The builder copies event fields into records' ``__dict__`` (pydantic's own fast path):
+    sound only while no record validates or forbids assignment."""
+    for record in (TurnRecord, CellRecord, SubCallRecord):
+        assert not record.model_config.get("validate_assignment")
+        assert not record.model_config.get("frozen")

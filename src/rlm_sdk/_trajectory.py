@@ -144,9 +144,15 @@ _EVENT_ONLY = frozenset(EventBase.model_fields) | {"type"}
 
 
 def _copy_shared(event: BaseModel, record: BaseModel) -> None:
-    """Copy onto ``record`` every field it shares with ``event`` (not the event's envelope)."""
-    for name in _shared_fields(type(event), type(record)):
-        setattr(record, name, getattr(event, name))
+    """Copy onto ``record`` every field it shares with ``event`` (not the event's envelope).
+
+    Straight into the model's ``__dict__``, as pydantic's own ``__setattr__`` does for a model
+    without assignment validation, at a fraction of the cost per field (a run copies dozens).
+    """
+    names = _shared_fields(type(event), type(record))
+    values = event.__dict__
+    record.__dict__.update({name: values[name] for name in names})
+    record.__pydantic_fields_set__.update(names)
 
 
 @functools.cache

@@ -15,6 +15,7 @@ until its provider says a prompt was too long.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -133,6 +134,13 @@ def context_window(model: str, overrides: Mapping[str, int] | None = None) -> in
         return None
     if name in overrides:
         return overrides[name]
+    return _known_window(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _known_window(name: str) -> int | None:
+    """:data:`KNOWN_CONTEXT_WINDOWS` by the longest prefix; cached, as every run asks for its
+    models' windows and the table has dozens of prefixes."""
     name = name.lower().rsplit("/", 1)[-1]
     best: str | None = None
     for prefix in KNOWN_CONTEXT_WINDOWS:

@@ -56,9 +56,7 @@ async def test_spawn_direct_starts_a_group_leader_and_reaps_it(tmp_path: os.Path
     )
     try:
         assert os.getpgid(process.pid) == process.pid
-        with anyio.fail_after(10):
-            segmented, payload = await process.channel.receive_frame()  # its hello
-        assert b'"hello"' in payload and not segmented
+        assert process_state(process.pid) not in (None, "Z")
         process.kill()
         with anyio.fail_after(10):
             assert await process.wait() == -9

@@ -62,7 +62,8 @@ def test_worker_frames_are_validated() -> None:
         b"not json",
         b'{"type":"call","id":1}',
         b'{"type":"nope"}',
-        b'{"type":"hello","protocol":1,"pid":2,"extra":3}',
+        b'{"type":"ready","protocol":3,"load_s":0.1,"isolation":[],"extra":3}',
+        b'{"type":"hello","protocol":2,"pid":2}',
         b'{"type":"call","id":1,"kind":"evil","prompts":[],"model":null,"batched":false}',
     ):
         with pytest.raises(ValidationError):

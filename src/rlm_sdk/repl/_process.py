@@ -100,6 +100,11 @@ class WorkerChannel:
         """The last read emptied the pipe: wait for it to be readable before the next one."""
         self._closed = False
 
+    @property
+    def drained(self) -> bool:
+        """The last read emptied the pipe: the next frame means waiting for the worker."""
+        return self._drained
+
     async def send(self, data: bytes) -> None:
         """Send all of ``data``. Raises OSError (or ClosedResourceError) if the peer is gone."""
         view = memoryview(data)

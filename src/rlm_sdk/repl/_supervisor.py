@@ -46,7 +46,6 @@ from ._types import (
     WORKER_FRAMES,
     CallFrame,
     FatalFrame,
-    HelloFrame,
     ReadyFrame,
     ReplyFrame,
     ResultFrame,
@@ -335,10 +334,11 @@ async def _read_frames(
             _deliver(worker, frame)
         else:
             _on_lifecycle(worker, frame, log)
-        # Yield before waiting again: the handler just started (or the caller just woken)
-        # runs first, so a reply goes out before this task re-arms its wait; and a flood
-        # of frames cannot starve the loop.
-        await anyio.lowlevel.checkpoint()
+        # More may be buffered: yield before reading on, so that the handler just started
+        # (or the caller just woken) runs first and a flood of frames cannot starve the
+        # loop. A drained pipe needs no checkpoint: waiting for it yields anyway.
+        if not channel.drained:
+            await anyio.lowlevel.checkpoint()
 
 
 def _deliver(worker: Worker, frame: ReplyFrame) -> None:
@@ -355,10 +355,10 @@ def _deliver(worker: Worker, frame: ReplyFrame) -> None:
             scope.cancel()
 
 
-def _on_lifecycle(
-    worker: Worker, frame: HelloFrame | ReadyFrame | FatalFrame, log: BoundLog
-) -> None:
+def _on_lifecycle(worker: Worker, frame: ReadyFrame | FatalFrame, log: BoundLog) -> None:
     if isinstance(frame, ReadyFrame):
+        if frame.protocol != _wire.PROTOCOL_VERSION:
+            raise WorkerProtocolError(f"the REPL worker speaks protocol {frame.protocol}")
         if worker.phase is not Phase.STARTING:
             return  # killed while it was getting ready
         worker.ready = frame
@@ -366,9 +366,6 @@ def _on_lifecycle(
         startup = anyio.current_time() - worker.started
         log.debug("rlm.worker_isolated", pid=worker.pid, layers=frame.isolation)
         log.debug("rlm.worker_ready", pid=worker.pid, startup_s=startup, load_s=frame.load_s)
-    elif isinstance(frame, HelloFrame):
-        if frame.protocol != _wire.PROTOCOL_VERSION:
-            raise WorkerProtocolError(f"the REPL worker speaks protocol {frame.protocol}")
     else:
         worker.failure = WorkerStartError(f"the REPL worker could not start: {frame.message}")
         if frame.kind == "isolation":

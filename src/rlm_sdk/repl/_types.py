@@ -149,14 +149,10 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HelloFrame(_Frame):
-    type: Literal["hello"]
-    protocol: int
-    pid: int
-
-
 class ReadyFrame(_Frame):
     type: Literal["ready"]
+    protocol: int
+    """The protocol version the worker speaks (it refused an ``init`` of any other)."""
     load_s: float
     isolation: list[str]
     """The sandbox layers the worker applied to itself."""
@@ -216,14 +212,7 @@ class ToolFrame(_Frame):
 
 
 WorkerFrame: TypeAlias = Annotated[
-    HelloFrame
-    | ReadyFrame
-    | FatalFrame
-    | ResultFrame
-    | VarFrame
-    | VarsFrame
-    | CallFrame
-    | ToolFrame,
+    ReadyFrame | FatalFrame | ResultFrame | VarFrame | VarsFrame | CallFrame | ToolFrame,
     Field(discriminator="type"),
 ]
 ReplyFrame: TypeAlias = ResultFrame | VarFrame | VarsFrame

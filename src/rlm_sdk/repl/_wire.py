@@ -7,8 +7,8 @@ anyway, and anything both sides must agree on is defined here exactly once.
 
 Frames. Each frame is a 4-byte big-endian length and a UTF-8 JSON object with a ``"type"``.
 Parent to worker: ``init``, ``exec``, ``get_var``, ``list_vars``, ``add_context``,
-``call_result``, ``tool_result``. Worker to parent: ``hello``, ``ready``, ``fatal``, ``result``, ``var``,
-``vars``, ``call``, ``tool``. Big strings (sub-call prompts and answers, long texts) would
+``call_result``, ``tool_result``. Worker to parent: ``ready``, ``fatal``, ``result``, ``var``, ``vars``,
+``call``, ``tool``. Big strings (sub-call prompts and answers, long texts) would
 spend most of their time in JSON escaping, so a frame whose length has the top bit set is
 *segmented*: a 4-byte header length, a JSON header in which ``"$segments"`` maps each big field
 to the UTF-8 byte lengths of its string (or list of strings), then those raw bytes. Both sides
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 # Frames
 # --------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER_SIZE = 4
 MAX_FRAME_SIZE = 256 * 1024 * 1024
 """Largest frame either side accepts; sub-call prompts may carry big chunks of the context."""

@@ -19,7 +19,7 @@ Startup, in order (:func:`main`):
 1. Take the channel: the protocol moves from fd 0/1 (two pipes) to private descriptors,
    fd 0 reads ``/dev/null`` and fd 1/2 become pipes this process drains itself, so ``print``,
    ``os.write(1, ...)`` and child processes can never write into the channel.
-2. Say ``hello``, then read the ``init`` frame (context descriptor, sandbox policy, tool names).
+2. Read the ``init`` frame (protocol version, context descriptor, sandbox policy, tool names).
 3. Apply isolation (:func:`apply_isolation`): death with the parent, then the sandbox layers of
    ``_sandbox.py`` (rlimits, no_new_privs, a network namespace, Landlock, seccomp), while the
    process still has a single thread.
@@ -796,7 +796,6 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
     faulthandler.enable(channel.diag_fd())  # a segfault leaves a Python traceback in the log
     gate = _Gate()
     signal.signal(signal.SIGINT, gate.on_sigint)
-    channel.send({"type": "hello", "protocol": _wire.PROTOCOL_VERSION, "pid": os.getpid()})
     config = channel.read()
     if config is None:
         os._exit(0)
@@ -828,7 +827,8 @@ def _start(channel: _Channel, pipes: dict[int, tuple[int, int]]) -> None:
         message = f"{type(exc).__name__}: {exc}"
         channel.send({"type": "fatal", "kind": "start", "message": message})
         os._exit(1)
-    channel.send({"type": "ready", "load_s": time.perf_counter() - started, "isolation": layers})
+    ready = {"load_s": time.perf_counter() - started, "isolation": layers}
+    channel.send({"type": "ready", "protocol": _wire.PROTOCOL_VERSION, **ready})
     session.serve()
 
 
