@@ -46,9 +46,10 @@ import anyio.lowlevel
 from . import _protocol as proto
 from ._events import Event, ModelResponse
 from ._exceptions import ConfigurationError, RLMError, SessionClosedError
+from ._lazy_repl import _OPEN_AFTER, _LazyREPL
 from ._logging import get_logger
 from ._output import OutputShape, output_shape
-from ._run import _OPEN_AFTER, Carry, Handoff, RunSettings, _LazyREPL
+from ._run import Carry, Handoff, RunSettings
 from ._types import ModelUsage, RLMResult, Usage
 from .providers import ChatMessage
 from .repl import ContextData, Corpus, REPLSession, SubCallRequest
