@@ -260,11 +260,10 @@ def test_bound_names_read_from_bytecode_cover_wide_and_nested_code() -> None:
     assert not {"inner", "attr", "n", "x", "os"} & bound
 
 
-async def test_the_warm_up_cell_leaves_no_trace() -> None:
-    """The worker runs a throw-away cell before the first command: no name it bound survives,
-    and the first real cell is still cell 1."""
+async def test_a_fresh_worker_starts_at_cell_1_with_no_variables() -> None:
+    """Nothing runs in the namespace before the first command: the first cell is cell 1."""
     async with REPLSession() as repl:
-        result = await repl.run_cell("n")  # the warm-up cell binds n in a scratch namespace
+        result = await repl.run_cell("n")
         assert result.error is not None and result.error.type == "NameError"
         assert "<cell-1>" in result.error.traceback
         assert "n" not in await repl.list_variables()
