@@ -795,10 +795,11 @@ def _seccomp_rules(allow_network: bool, allow_subprocess: bool, pid: int) -> lis
 
 
 def _load_seccomp(lib: ctypes.CDLL, policy: SandboxPolicy) -> None:
-    """Install the policy's filter on the calling thread, compiled now or taken ready-made."""
+    """Install the policy's filter on the calling thread: ready-made (:func:`prepare` ran in
+    this process, or the fork server it was forked from), else compiled now for this pid."""
     pid = os.getpid()
-    template = _filter_template(lib, policy.allow_network, policy.allow_subprocess)
-    if template is None:  # the pid could not be located in the program: compile for it
+    template = _FILTERS.get((policy.allow_network, policy.allow_subprocess))
+    if template is None:  # not prepared, or the pid could not be located in the program
         program = _compile_filter(lib, policy.allow_network, policy.allow_subprocess, pid)
     else:
         words, pid_at = template
