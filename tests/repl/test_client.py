@@ -334,3 +334,11 @@ async def test_a_session_opened_in_a_callers_task_group_runs_and_closes_there() 
     assert wait_not_running(pid)
     with pytest.raises(RuntimeError, match="only once"):
         await repl._open_in(tg)
+
+
+async def test_entering_a_live_session_again_raises_and_leaves_it_running() -> None:
+    """A second ``__aenter__`` is refused before it touches anything: the session still runs."""
+    async with REPLSession("still here") as repl:
+        with pytest.raises(RuntimeError, match="only once"):
+            await repl.__aenter__()
+        assert (await repl.run_cell("print(context)")).stdout == "still here\n"

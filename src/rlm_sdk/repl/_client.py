@@ -233,6 +233,8 @@ class REPLSession:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._state is not _State.NEW:  # before anything: a live session stays as it is
+            raise RuntimeError("a REPLSession can be entered only once")
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._own_tg = tg
