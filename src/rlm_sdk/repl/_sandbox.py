@@ -831,8 +831,7 @@ def prepare() -> None:
                 _filter_template(lib, allow_network, allow_subprocess)
 
 
-_PID_MARKS = (0x7A5E1D0F, 0x6B4D2C1E)
-"""Two values no rule uses, compiled in place of the pid to find where the pid goes."""
+_PID_MARKS = (0x7A5E1D0F, 0x6B4D2C1E)  # no rule uses them: compiled in place of the pid
 _FILTERS: dict[tuple[bool, bool], tuple[bytes, tuple[int, ...]] | None] = {}
 _BPF_INSTRUCTION_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 _PR_SET_SECCOMP = 22
