@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -66,6 +67,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # for the drivers the tests start
         mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # read at import: already done
         mp.chdir(tmp_path_factory.mktemp("ray-cwd"))
+        # The REPL workers' directories go under the session's pytest directory: an actor the
+        # tests SIGKILL takes its fork server with it (Ray kills a dying worker's children),
+        # and nothing is left to remove them. Ray's own files stay where they were.
+        mp.setenv("RAY_TMPDIR", tempfile.gettempdir())
+        mp.setenv("TMPDIR", str(tmp_path_factory.mktemp("ray-tmp")))
         head = {"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1"}
         nodes = Cluster(initialize_head=True, head_node_args=head)
         nodes.add_node(num_cpus=2, node_ip_address="127.0.0.1")
