@@ -47,7 +47,6 @@ import select
 import signal
 import socket
 import sys
-import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING or __package__:  # imported from the package (tests, type checking)
@@ -68,8 +67,6 @@ if TYPE_CHECKING:
 _REQUEST_SIZE = 65536
 _MAX_FDS = 8
 _STATUS_SIZE = 65536
-_TERM_GRACE = 1.0
-"""After SIGTERM with the parent still there: seconds its control socket may take to close."""
 
 
 def main(control_fd: int, parent_pid: int) -> None:
@@ -89,27 +86,17 @@ def main(control_fd: int, parent_pid: int) -> None:
     poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_read, select.POLLIN)
-    children = _Children(poller, control)
-    deadline: float | None = None  # SIGTERM came while the parent was still there (below)
+    children = _Children(poller)
+    closing = False  # the parent said it closes us: its end of the socket is no death
     while True:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-        events = poller.poll(timeout)
-        if deadline is not None and time.monotonic() >= deadline:  # only its thread ended
-            children.shutdown(orphaned=False)
-            os._exit(0)
-        for fd, _ in events:
+        for fd, _ in poller.poll():
             if fd == wake_read:
                 signals = b""
                 with contextlib.suppress(OSError):
                     signals = os.read(wake_read, 4096)
-                if signal.SIGTERM in signals:
-                    # The thread that started us ended (or someone asks us to stop). If the
-                    # whole parent is dying, its end of the control socket closes in a moment
-                    # (its other threads may still be on their way out): wait for that.
-                    if os.getppid() != parent_pid:
-                        children.shutdown(orphaned=True)
-                        os._exit(0)
-                    deadline = deadline or time.monotonic() + _TERM_GRACE
+                if signal.SIGTERM in signals:  # the parent (or the thread that started us)
+                    children.shutdown(orphaned=os.getppid() != parent_pid)  # died, or a kill
+                    os._exit(0)
                 children.reap()
             elif fd == control.fileno():
                 try:
@@ -117,10 +104,10 @@ def main(control_fd: int, parent_pid: int) -> None:
                 except OSError:
                     data, fds, flags = b"", [], 0
                 if not fds and data == _wire.FORKSERVER_CLOSE:
-                    children.closing = True
+                    closing = True
                     continue
                 if not data and not fds:  # closed by the parent, or the parent is gone
-                    children.shutdown(orphaned=not children.closing)
+                    children.shutdown(orphaned=not closing)
                     os._exit(0)
                 _fork_worker(data, fds, flags, control, children)
             else:
@@ -146,11 +133,8 @@ class _Child:
 class _Children:
     """The fork server's bookkeeping: live workers by pid, open status sockets by descriptor."""
 
-    def __init__(self, poller: select.poll, control: socket.socket | None = None) -> None:
+    def __init__(self, poller: select.poll) -> None:
         self._poller = poller
-        self._control = control
-        self.closing = False
-        """The parent said it closes the server: the end of its socket is no death."""
         self.alive: dict[int, _Child] = {}
         self._by_fd: dict[int, _Child] = {}
 
@@ -226,22 +210,7 @@ class _Children:
             if child is not None:  # not a directory remover
                 self._exited(child, status)
 
-    def _parent_gone(self) -> bool:
-        """The parent's end of the control socket closed without a close record: it died.
-
-        Its descriptors all close at once as it dies, so a worker that exited on its channel's
-        end is reaped after this is true: its directory is then removed, not left behind.
-        """
-        if self.closing or self._control is None:
-            return False
-        try:
-            return self._control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except OSError:  # BlockingIOError: nothing pending, the parent is there
-            return False
-
     def _exited(self, child: _Child, status: int) -> None:
-        if child.remove is None and self._parent_gone():
-            child.remove = child.workdir
         child.alive = False
         if child.status.fileno() >= 0:
             with contextlib.suppress(OSError):
