@@ -30,11 +30,8 @@ costs its event loop one message and never waits for the worker's exit. A sessio
 up on its request before the reply sends ``{"abandon": true}``: the same, for the directory the
 server made. A status socket is kept until the session closes its end.
 
-On EOF of the control socket the server kills every worker's process group, reaps them and
-exits. When its parent dies (``PR_SET_PDEATHSIG`` sends it SIGTERM, and the control socket
-ends without the ``FORKSERVER_CLOSE`` record a closing parent sends first), it also removes
-the directories of the sessions still open, since nobody else is left to; only a SIGKILL of the server itself (a container runtime killing the whole tree, say)
-leaves them behind.
+The server dies with its parent (``PR_SET_PDEATHSIG``), and on EOF of the control socket it
+kills every worker's process group, reaps them and exits.
 """
 
 from __future__ import annotations
@@ -71,9 +68,7 @@ _STATUS_SIZE = 65536
 
 def main(control_fd: int, parent_pid: int) -> None:
     """Fork a fresh worker per request on ``control_fd``; reap them and report how they ended."""
-    # SIGTERM, not SIGKILL: a server whose parent died kills its workers, reaps them and
-    # removes their directories (nobody else is left to), then exits.
-    _wire.die_with_parent(parent_pid, signal.SIGTERM)
+    _wire.die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _warm_up()
     control = socket.socket(fileno=control_fd)
@@ -82,32 +77,23 @@ def main(control_fd: int, parent_pid: int) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, _no_op)  # a handler, so that SIGCHLD writes to the wakeup fd
-    signal.signal(signal.SIGTERM, _no_op)  # likewise: the loop sees it, and shuts down
     poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_read, select.POLLIN)
     children = _Children(poller)
-    closing = False  # the parent said it closes us: its end of the socket is no death
     while True:
         for fd, _ in poller.poll():
             if fd == wake_read:
-                signals = b""
                 with contextlib.suppress(OSError):
-                    signals = os.read(wake_read, 4096)
-                if signal.SIGTERM in signals:  # the parent (or the thread that started us)
-                    children.shutdown(orphaned=os.getppid() != parent_pid)  # died, or a kill
-                    os._exit(0)
+                    os.read(wake_read, 4096)
                 children.reap()
             elif fd == control.fileno():
                 try:
                     data, fds, flags, _ = socket.recv_fds(control, _REQUEST_SIZE, _MAX_FDS)
                 except OSError:
                     data, fds, flags = b"", [], 0
-                if not fds and data == _wire.FORKSERVER_CLOSE:
-                    closing = True
-                    continue
-                if not data and not fds:  # closed by the parent, or the parent is gone
-                    children.shutdown(orphaned=not closing)
+                if not data and not fds:
+                    children.shutdown()
                     os._exit(0)
                 _fork_worker(data, fds, flags, control, children)
             else:
@@ -117,15 +103,13 @@ def main(control_fd: int, parent_pid: int) -> None:
 class _Child:
     """A worker of the fork server, its status socket, and the directory to remove after it."""
 
-    __slots__ = ("alive", "made", "pid", "remove", "status", "workdir")
+    __slots__ = ("alive", "made", "pid", "remove", "status")
 
-    def __init__(self, pid: int, status: socket.socket, workdir: str, made: bool) -> None:
+    def __init__(self, pid: int, status: socket.socket, made: str | None = None) -> None:
         self.pid = pid
         self.status = status
         self.alive = True
-        self.workdir = workdir
-        """The session's directory, where the worker runs."""
-        self.made = workdir if made else None
+        self.made = made
         """The directory the server made for this worker (not for a restarted one)."""
         self.remove: str | None = None
 
@@ -141,8 +125,8 @@ class _Children:
     def sockets(self) -> list[socket.socket]:
         return [child.status for child in self._by_fd.values()]
 
-    def add(self, pid: int, status: socket.socket, workdir: str, made: bool) -> None:
-        child = _Child(pid, status, workdir, made)
+    def add(self, pid: int, status: socket.socket, made: str | None) -> None:
+        child = _Child(pid, status, made)
         self.alive[pid] = child
         status.setblocking(False)
         self._by_fd[status.fileno()] = child
@@ -221,17 +205,10 @@ class _Children:
             _remove_workdir(child.remove)
             child.remove = None
 
-    def shutdown(self, *, orphaned: bool) -> None:
-        """The parent is gone or done: kill every worker's group, reap them, clean up.
-
-        ``orphaned``: the parent died, so no session is left to remove its directory: each
-        live worker's goes with it. A parent that closed the server itself keeps its
-        sessions' directories (they may restart their workers directly).
-        """
-        for child in self.alive.values():
-            if orphaned and child.remove is None:
-                child.remove = child.workdir
-            _wire.kill_group(child.pid)
+    def shutdown(self) -> None:
+        """The parent is gone or done: kill every worker's group, reap them, clean up."""
+        for pid in self.alive:
+            _wire.kill_group(pid)
         for child in list(self.alive.values()):
             try:
                 _, status = os.waitpid(child.pid, 0)
@@ -332,7 +309,7 @@ def _fork_worker(
         os.setpgid(pid, pid)
     for fd in fds[1:]:
         os.close(fd)
-    children.add(pid, status, workdir, made)
+    children.add(pid, status, workdir if made else None)
     with contextlib.suppress(OSError):  # the parent gave up: the worker ends at its channel's EOF
         status.send(json.dumps({"pid": pid, "workdir": workdir}).encode())
 

@@ -568,8 +568,6 @@ class ForkServer:
         popen, control = self._popen, self._control
         self._popen = self._control = None
         if control is not None:
-            with contextlib.suppress(OSError):  # "closing, not dying": keep session directories
-                control.send(_wire.FORKSERVER_CLOSE)
             anyio.notify_closing(control)
             control.close()
         if popen is None:

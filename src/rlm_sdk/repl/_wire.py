@@ -424,14 +424,8 @@ def kill_group(pid: int) -> None:
         pass
 
 
-FORKSERVER_CLOSE = b'{"close": true}'
-"""Said on the fork server's control socket before the parent closes it: the end that follows
-is a close, not the parent's death (see ``_forkserver.py``)."""
-
-
-def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
-    """Be sent ``signum`` when the thread that started this process exits
-    (``PR_SET_PDEATHSIG``).
+def die_with_parent(parent_pid: int) -> None:
+    """Be SIGKILLed when the thread that started this process exits (``PR_SET_PDEATHSIG``).
 
     Exits at once if the parent ``parent_pid`` is already gone (it died before the call).
     """
@@ -440,7 +434,7 @@ def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
         import ctypes
 
         _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    _prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(0)
 
